@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,19 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _time(fn: Callable[[], object], reps: int, warmup: int, device: str) -> float:
+def _time_round_robin(cases: Dict[str, Callable[[], object]], reps: int, warmup: int, device: str) -> Dict[str, float]:
+    """Median seconds per call of each case, the cases interleaved rep by rep so that load changes on a shared
+    machine hit all of them alike (the ratios are what we report)."""
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     for _ in range(warmup):
-        fn()
-    times: List[float] = []
+        for fn in cases.values():
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in cases}
     for _ in range(reps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for k, fn in cases.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_backbone(name: str, args) -> dict:
@@ -71,7 +77,7 @@ def bench_backbone(name: str, args) -> dict:
             f"vit+bilinear@{s}": lambda: F.interpolate(ext.extract_descriptors(x), scale_factor=2, mode="bilinear"),
             f"vit@{2 * s}": lambda: ext.extract_descriptors(x2),
         }
-        secs = {k: _time(fn, args.reps, args.warmup, args.device) for k, fn in cases.items()}
+        secs = _time_round_robin(cases, args.reps, args.warmup, args.device)
     r = {
         "backbone": name, "input": s, "batch_size": args.batch_size,
         "ms_per_image": {k: 1000 * v / args.batch_size for k, v in secs.items()},
