@@ -160,3 +160,21 @@ def test_other_backbone_weights_are_refused():
     # official files cannot pin the weights: anything of the right backbone passes
     check_compatible(_meta(backbone_weights_sha256="unknown"), "dinov2_vits14_imgfocus", "cd" * 32, 11, "key",
                      "dim_major", 32)
+
+
+def test_residual_variant_adds_bilinear_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    plain = _randomize_bn(LiFT(32, 14))
+    res = LiFT(32, 14, residual=True)
+    res.load_state_dict(plain.state_dict())  # same parameters and names
+    res.eval()
+    x, imgs = torch.randn(1, 32, 4, 5), torch.randn(1, 3, 56, 70)
+    with torch.no_grad():
+        expected = plain(x, imgs) + F.interpolate(x, size=(8, 10), mode="bilinear", align_corners=False)
+        assert torch.allclose(res(x, imgs), expected, atol=1e-6)
+    path = save_lift(tmp_path / "res.safetensors", res, _meta(residual=True))
+    loaded, meta = load_lift(path)
+    assert meta.residual is True and loaded.residual is True
+    with torch.no_grad():
+        assert torch.equal(loaded(x, imgs), res(x, imgs))
+    assert load_lift(save_lift(tmp_path / "plain.safetensors", plain, _meta()))[1].residual is False

@@ -48,12 +48,13 @@ class LiftMeta:
     std: Tuple[float, float, float]
     train_config: Dict[str, Any] = field(default_factory=dict)
     source: str = "liftkit"
+    residual: bool = False
 
     def to_strings(self) -> Dict[str, str]:
         d = asdict(self)
         out = {"format": FORMAT}
         for k, v in d.items():
-            out[k] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else str(v)
+            out[k] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple, bool)) else str(v)
         return out
 
     @classmethod
@@ -67,6 +68,7 @@ class LiftMeta:
                 facet=d["facet"], channel_order=d["channel_order"], patch_size=int(d["patch_size"]),
                 channels=int(d["channels"]), mean=tuple(json.loads(d["mean"])), std=tuple(json.loads(d["std"])),
                 train_config=json.loads(d.get("train_config", "{}")), source=d.get("source", "liftkit"),
+                residual=json.loads(d.get("residual", "false")),
             )
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"LiFT file '{path}' has incomplete metadata ({exc}); re-save it with train_lift.py") from None
@@ -140,7 +142,7 @@ def load_lift(path: Path, map_location: str = "cpu") -> Tuple[LiFT, LiftMeta]:
             channel_order="dim_major", patch_size=spec.patch_size, channels=int(sd["outc.weight"].shape[0]),
             mean=spec.mean, std=spec.std, source="official",
         )
-    model = LiFT(meta.channels, meta.patch_size)
+    model = LiFT(meta.channels, meta.patch_size, residual=meta.residual)
     load_strict(model, sd, str(path))
     return model.eval(), meta
 

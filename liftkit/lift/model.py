@@ -62,12 +62,16 @@ class LiFT(nn.Module):
     Args:
         in_channels: C, the backbone's channel count (384 for ViT-S, 768 for ViT-B).
         patch_size: p (kept for the record and for callers; any p works).
+        residual: predict a correction to bilinear upsampling: ``out = bilinear_2x(feats) + net(feats, images)``.
+            Same parameters and names as the official module (official files use ``residual=False``); see
+            ``pretrained/README.md`` for why our shipped LiFT uses it.
     """
 
-    def __init__(self, in_channels: int, patch_size: int):
+    def __init__(self, in_channels: int, patch_size: int, residual: bool = False):
         super().__init__()
         self.in_channels = in_channels
         self.patch_size = patch_size
+        self.residual = residual
         self.up1 = Up(in_channels + 32, in_channels)
         self.outc = nn.Conv2d(in_channels // 2, in_channels, kernel_size=1)
         self.image_convs_1 = nn.Sequential(*_conv_bn_relu(3, 32), *_conv_bn_relu(32, 32))
@@ -88,7 +92,10 @@ class LiFT(nn.Module):
             imgs_1 = F.adaptive_max_pool2d(imgs_1, (2 * h, 2 * w))
         imgs_2 = self.image_convs_2(imgs_1)  # B, 32, h, w
         x = torch.cat([feats, imgs_2], dim=1)
-        return self.outc(self.up1(x, imgs_1))
+        out = self.outc(self.up1(x, imgs_1))
+        if self.residual:
+            out = out + F.interpolate(feats, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
+        return out
 
     def forward_iterative(self, feats: torch.Tensor, images: torch.Tensor, iterations: int = 1) -> torch.Tensor:
         """Apply the same module ``iterations`` times, upsampling the image 2x (bilinear) between steps, as the
