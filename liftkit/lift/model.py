@@ -63,7 +63,8 @@ class LiFT(nn.Module):
         in_channels: C, the backbone's channel count (384 for ViT-S, 768 for ViT-B).
         patch_size: p (kept for the record and for callers; any p works).
         residual: predict a correction to bilinear upsampling: ``out = bilinear_2x(feats) + net(feats, images)``.
-            Same parameters and names as the official module (official files use ``residual=False``); see
+            Same parameters and names as the official module (official files use ``residual=False``); the output
+            convolution starts at zero, so an untrained residual LiFT is exactly bilinear upsampling. See
             ``pretrained/README.md`` for why our shipped LiFT uses it.
     """
 
@@ -76,6 +77,9 @@ class LiFT(nn.Module):
         self.outc = nn.Conv2d(in_channels // 2, in_channels, kernel_size=1)
         self.image_convs_1 = nn.Sequential(*_conv_bn_relu(3, 32), *_conv_bn_relu(32, 32))
         self.image_convs_2 = nn.Sequential(*_conv_bn_relu(32, 32))
+        if residual:  # start as exact bilinear upsampling; training learns the correction
+            nn.init.zeros_(self.outc.weight)
+            nn.init.zeros_(self.outc.bias)
 
     def forward(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """One LiFT step.
