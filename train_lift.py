@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=10, help="default 10")
     t.add_argument("--batch_size", type=int, default=8, help="global batch size, split over processes (default 8)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    t.add_argument("--loss", choices=LOSSES, default="cosine", help="default cosine (1 - cos per location); cosine_centered subtracts the mean target feature first")
+    t.add_argument("--loss", choices=LOSSES, default="cosine", help="default cosine (1 - cos per location); cosine_centered subtracts the mean target feature first; cosine_raw_centered sums both")
     t.add_argument("--residual", action="store_true",
                    help="residual LiFT: predict a correction to the bilinear 2x upsampling of the features (same "
                         "parameters as the official module; recorded in the LiFT file). Default: the paper's LiFT")

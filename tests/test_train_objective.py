@@ -177,3 +177,14 @@ def test_target_means_and_centered_metric_on_hand_made_maps():
     m2.update("half", full, low, flipped)
     assert m2.result()["half/lift_centered"] == pytest.approx(-1.0)
     assert m2.result()["half/lift"] > 0.8
+
+
+def test_raw_plus_centered_loss_is_the_sum():
+    from liftkit.train.objective import reconstruction_loss
+
+    torch.manual_seed(0)
+    c = torch.randn(1, 4, 1, 1) * 5
+    p, t = torch.randn(2, 4, 3, 3) + c, torch.randn(2, 4, 3, 3) + c
+    both = reconstruction_loss(p, t, "cosine_raw_centered", c)
+    assert both.item() == pytest.approx(
+        reconstruction_loss(p, t, "cosine").item() + reconstruction_loss(p, t, "cosine_centered", c).item(), abs=1e-6)

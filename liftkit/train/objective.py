@@ -35,7 +35,7 @@ from liftkit.errors import ConfigError
 from liftkit.lift.model import LiFT
 from liftkit.train.data import make_pyramid
 
-LOSSES = ("cosine", "cosine_centered", "l1", "l2")
+LOSSES = ("cosine", "cosine_centered", "cosine_raw_centered", "l1", "l2")
 PAIRS = ("half", "quarter")  # half: S/2 -> S; quarter: S/4 -> S/2
 BASELINES = ("bilinear", "nearest")
 
@@ -50,17 +50,22 @@ def reconstruction_loss(
     Args:
         pred, target: (B, C, h, w).
         kind: ``cosine`` (mean over locations of 1 - cos along C), ``cosine_centered`` (the same after subtracting
-            ``center`` from both), ``l1`` or ``l2`` (mean over all elements).
+            ``center`` from both), ``cosine_raw_centered`` (the sum of both: the centred term learns the detail, the
+            raw term keeps the shared component, which the centred term alone lets drift), ``l1`` or ``l2`` (mean
+            over all elements).
         center: (1, C, 1, 1) mean target feature, required by ``cosine_centered``.
     Returns:
         scalar (float32).
     """
     pred, target = pred.float(), target.float()
-    if kind == "cosine_centered":
+    if kind in ("cosine_centered", "cosine_raw_centered"):
         if center is None:
-            raise ConfigError("--loss cosine_centered needs the mean target feature (internal error: none given)")
+            raise ConfigError(f"--loss {kind} needs the mean target feature (internal error: none given)")
         c = center.to(pred.device, torch.float32)
-        return (1.0 - F.cosine_similarity(pred - c, target - c, dim=1, eps=1e-8)).mean()
+        centred = (1.0 - F.cosine_similarity(pred - c, target - c, dim=1, eps=1e-8)).mean()
+        if kind == "cosine_centered":
+            return centred
+        return centred + (1.0 - F.cosine_similarity(pred, target, dim=1, eps=1e-8)).mean()
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(pred, target, dim=1, eps=1e-8)).mean()
     if kind == "l1":
