@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--facet", default="key", choices=("key", "query", "value", "token"))
     m.add_argument("--channel_order", default="dim_major", choices=("dim_major", "head_major"))
     m.add_argument("--lift_path", default="auto",
-                   help="LiFT file for the lift* methods (default: the shipped pretrained/lift_<model>.safetensors)")
+                   help="LiFT file for the lift* methods (default: the shipped pretrained/lift_<model>.safetensors); "
+                        "'none' to load none")
     m.add_argument("--methods", default="low,bilinear,lift",
                    help="comma-separated: low, bilinear, nearest, highres, lift, liftK (default: low,bilinear,lift)")
     g = p.add_argument_group("label propagation (DINO defaults)")
@@ -234,7 +235,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 _fresh_dir(out_root / method, args.overwrite, check_only=True)
             ext = ViTExtractor(
                 model_type=args.model_type, layer=args.layer, facet=args.facet, channel_order=args.channel_order,
-                backbone_weights=args.backbone_weights, offline=args.offline, lift_path=args.lift_path,
+                backbone_weights=args.backbone_weights, offline=args.offline,
+                lift_path=None if str(args.lift_path).lower() == "none" else args.lift_path,
                 device=device, dtype=args.dtype,
             )
             if any(parse_method(m)[0] == "lift" for m in methods) and ext.lift is None:

@@ -24,8 +24,8 @@ def run(tmp_path_factory):
         pytest.fail(f"{DAVIS} is missing: the real-data tests need ../shared/data")
     out = tmp_path_factory.mktemp("davis_run")
     argv = ["--data_path", str(DAVIS), "--sequences", "blackswan", "--methods", "low", "--max_frames", "4",
-            "--short_side", "224", "--offline", "--device", "cpu", "--output_dir", str(out / "masks"),
-            "--output_json", str(out / "res.json"), "--quiet"]
+            "--short_side", "224", "--offline", "--lift_path", "none", "--device", "cpu",
+            "--output_dir", str(out / "masks"), "--output_json", str(out / "res.json"), "--quiet"]
     return out, argv, eval_davis.main(argv)
 
 
@@ -95,6 +95,7 @@ def test_refuses_stale_results(run, capsys):
     (["--methods", "low", "--max_frames", "2"], "--max_frames 2: at least 3"),
     (["--methods", "low", "--sequences", "nope"], "sequence(s) nope not listed in DAVIS set 'val'"),
     (["--methods", "low", "--set", "test-dev"], "set file"),
+    (["--methods", "low,lift", "--lift_path", "none", "--offline"], "--methods low,lift needs a LiFT"),
 ])
 def test_bad_flags(tmp_path, capsys, flags, message):
     rc = eval_davis.main(["--data_path", str(DAVIS), "--output_dir", str(tmp_path), "--quiet"] + flags)
