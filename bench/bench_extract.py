@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--output_json", default=None)
     return p
 
@@ -89,6 +90,8 @@ def bench_backbone(name: str, args) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"[bench_extract] args: {json.dumps(vars(args), sort_keys=True)}; torch threads={torch.get_num_threads()}",
           file=sys.stderr)
     results = [bench_backbone(b, args) for b in args.backbones.split(",")]
