@@ -101,11 +101,13 @@ def save_similarity_figure(path: Path, image, maps: Dict[str, torch.Tensor], poi
     fig, axes = plt.subplots(len(points), n, figsize=(2.6 * n, 2.6 * h / w * len(points) + 0.5), squeeze=False)
     for r, pt in enumerate(points):
         sims = similarity_maps([maps[k] for k in names], pt, (h, w))
+        # one colour range per row, shared by its panels: raw ViT key similarities often all lie in [0.6, 1]
+        vmin = float(min(sim.min() for sim in sims))
         axes[r, 0].imshow(np.asarray(image))
         axes[r, 0].plot(pt[0], pt[1], "r+", ms=12, mew=2)
         axes[r, 0].set_title("image")
         for c, (name, sim) in enumerate(zip(names, sims), start=1):
-            axes[r, c].imshow(sim.numpy(), cmap="viridis", vmin=-0.2, vmax=1.0, extent=(0, w, h, 0),
+            axes[r, c].imshow(sim.numpy(), cmap="viridis", vmin=vmin, vmax=1.0, extent=(0, w, h, 0),
                               interpolation="nearest")
             axes[r, c].plot(pt[0], pt[1], "r+", ms=12, mew=2)
             axes[r, c].set_title(f"{name} {sim.shape[0]}x{sim.shape[1]}")
