@@ -36,6 +36,7 @@ import torch
 from extractor import DTYPES, ViTExtractor, available_backbones, parse_method
 from liftkit.backbones.specs import DEFAULT_BACKBONE
 from liftkit.data.davis import DavisSequence, load_davis, write_label_png
+from liftkit.device import resolve_device
 from liftkit.errors import ConfigError, LiftKitError
 from liftkit.eval.davis_metrics import STAT_KEYS, evaluate_results_dir
 from liftkit.eval.label_propagation import PropagationConfig, iter_propagate_labels
@@ -89,14 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
-
-
-def _resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return name
 
 
 def _split(values: Optional[Sequence[str]]) -> List[str]:
@@ -227,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             failures.update({f"{args.evaluate_only}/{k}": v for k, v in res.pop("failures").items()})
             results[Path(args.evaluate_only).name or "results"] = res
         else:
-            device = _resolve_device(args.device)
+            device = str(resolve_device(args.device))
             log("args: " + json.dumps({**vars(args), "device": device}, sort_keys=True))
             seqs = load_davis(args.data_path, args.set_name, sequences, args.resolution)
             out_root = Path(args.output_dir)

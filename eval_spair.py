@@ -29,6 +29,7 @@ from extractor import ViTExtractor, available_backbones, parse_method
 from liftkit.backbones.specs import DEFAULT_BACKBONE, get_spec
 from liftkit.data.image_io import load_image
 from liftkit.data.spair import SPLITS, SpairPair, check_root, load_split
+from liftkit.device import resolve_device
 from liftkit.errors import ConfigError, DatasetError, LiftKitError
 from liftkit.eval.correspondence import (
     DEFAULT_ALPHAS, PadGeometry, PCKAccumulator, alpha_key, bbox_threshold, match_keypoints, pad_to_square,
@@ -78,14 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--plot", default=None, help="write the PCK@0.1-vs-GFLOPs plot (PNG) here")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
-
-
-def _resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return name
 
 
 def _parse_methods(text: str) -> List[str]:
@@ -221,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     log = lambda msg: print(f"[eval_spair] {msg}", file=sys.stderr)  # noqa: E731
     skipped: List[str] = []
     try:
-        device = _resolve_device(args.device)
+        device = str(resolve_device(args.device))
         log("args: " + json.dumps({**vars(args), "device": device}, sort_keys=True))
         methods = _parse_methods(args.methods)
         if args.imsize <= 0:

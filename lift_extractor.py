@@ -27,6 +27,7 @@ from extractor import DTYPES, ViTExtractor, available_backbones
 from liftkit import __version__
 from liftkit.backbones.specs import DEFAULT_BACKBONE
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, list_images
+from liftkit.device import resolve_device
 from liftkit.errors import LiftKitError
 from liftkit.io.feature_files import FORMATS, save_features
 
@@ -72,14 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LiftKitError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return name
-
-
 def _output_file(image: Path, root: Optional[Path], args, single: bool) -> Path:
     if single and args.output_path:
         return Path(args.output_path)
@@ -103,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     log = lambda msg: print(f"[lift_extractor] {msg}", file=sys.stderr)  # noqa: E731
     try:
         _check_args(args)
-        device = _resolve_device(args.device)
+        device = str(resolve_device(args.device))
         log("args: " + json.dumps({**vars(args), "device": device}, sort_keys=True))
         use_lift = not (args.no_lift or args.upsample)
         ext = ViTExtractor(

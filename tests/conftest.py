@@ -40,6 +40,15 @@ def tiny_vit(patch_size: int = 16, embed_dim: int = 48, num_heads: int = 4, dept
     return DenseViT(spec, vit).eval()
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine multi-threaded tiny ops stall on busy cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def imgfocus():
     """The real offline backbone, no LiFT: a ViTExtractor for dinov2_vits14_imgfocus."""

@@ -20,13 +20,7 @@ GRAY = "n02096051_Airedale.JPEG"  # a grayscale JPEG of the sample
 TINY = ["--model_type", "dino_vits16", "--random_init", "--imsize", "64", "--num_workers", "0", "--no_progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine multi-threaded tiny ops stall on busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _link(dst: Path, names):

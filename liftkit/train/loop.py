@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from liftkit.backbones.specs import get_spec
+from liftkit.device import resolve_device
 from liftkit.errors import CheckpointError, ConfigError, LiftKitError
 from liftkit.lift.checkpoint import LiftMeta, save_lift
 from liftkit.lift.model import LiFT
@@ -144,19 +145,6 @@ def _json_safe(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; anything else as torch parses it (ConfigError if unusable)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"unknown --device '{name}'; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} asked for CUDA but no CUDA device is available; use --device cpu")
-    return dev
 
 
 def validate_config(cfg: TrainConfig, world: int = 1) -> None:
