@@ -37,7 +37,7 @@ from extractor import DTYPES, ViTExtractor, available_backbones, parse_method
 from liftkit.backbones.specs import DEFAULT_BACKBONE
 from liftkit.data.davis import DavisSequence, load_davis, write_label_png
 from liftkit.device import resolve_device
-from liftkit.errors import ConfigError, LiftKitError
+from liftkit.errors import ConfigError, LiftKitError, failure_report
 from liftkit.eval.davis_metrics import STAT_KEYS, evaluate_results_dir
 from liftkit.eval.label_propagation import PropagationConfig, iter_propagate_labels
 
@@ -279,9 +279,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         path.write_text(json.dumps(_json_safe(report), indent=1))
         log(f"wrote {path}")
     if failures:
-        print(f"error: {len(failures)} sequence run(s) failed:", file=sys.stderr)
-        for key, msg in failures.items():
-            print(f"  - {key}: {msg}", file=sys.stderr)
+        print(failure_report(f"{len(failures)} sequence run(s) failed",
+                             [f"{key}: {msg}" for key, msg in failures.items()]), file=sys.stderr)
         return 1
     return 0
 

@@ -30,7 +30,7 @@ from liftkit.backbones.specs import DEFAULT_BACKBONE, get_spec
 from liftkit.data.image_io import load_image
 from liftkit.data.spair import SPLITS, SpairPair, check_root, load_split
 from liftkit.device import resolve_device
-from liftkit.errors import ConfigError, DatasetError, LiftKitError
+from liftkit.errors import ConfigError, DatasetError, LiftKitError, failure_report
 from liftkit.eval.correspondence import (
     DEFAULT_ALPHAS, PadGeometry, PCKAccumulator, alpha_key, bbox_threshold, match_keypoints, pad_to_square,
     pck_correct,
@@ -310,9 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         title = f"SPair-71k {args.split}, {ext.spec.name}, {d['evaluated_pairs']} pairs"
         log(f"wrote {plot_metric_vs_flops(results['methods'], Path(args.plot), 'pck@0.1', title=title)}")
     if skipped:
-        print(f"error: {len(skipped)} pair(s) skipped (--skip_bad):", file=sys.stderr)
-        for s in skipped:
-            print(f"  - {s}", file=sys.stderr)
+        print(failure_report(f"{len(skipped)} pair(s) skipped (--skip_bad)", skipped), file=sys.stderr)
         return 1
     return 0
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from extractor import ViTExtractor, available_backbones
 from liftkit.backbones.specs import DEFAULT_BACKBONE
 from liftkit.data.image_io import list_images
-from liftkit.errors import LiftKitError
+from liftkit.errors import LiftKitError, failure_report
 
 HERE = Path(__file__).resolve().parent
 CKA_METHODS = ("backbone", "bilinear", "lift")
@@ -253,9 +253,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"CKA to {scales[-1]} px from {scales}: {m:<9} " + " ".join(f"{v:.3f}" for v in diag))
     print(f"[eval_visualize_feats] wrote figures for {len(loaded)} image(s) to {out_dir}", file=sys.stderr)
     if failures:
-        print(f"error: {len(failures)} image(s) failed:", file=sys.stderr)
-        for f in failures:
-            print(f"  - {f}", file=sys.stderr)
+        print(failure_report(f"{len(failures)} image(s) failed", failures), file=sys.stderr)
         return 1
     return 0
 

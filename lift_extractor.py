@@ -28,7 +28,7 @@ from liftkit import __version__
 from liftkit.backbones.specs import DEFAULT_BACKBONE
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, list_images
 from liftkit.device import resolve_device
-from liftkit.errors import LiftKitError
+from liftkit.errors import LiftKitError, failure_report
 from liftkit.io.feature_files import FORMATS, save_features
 
 HERE = Path(__file__).resolve().parent
@@ -185,9 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     where = args.output_path if (args.output_path and len(images) == 1) else args.output_dir
     log(f"done: {done} extracted, {skipped} skipped (exist; --overwrite to redo), {len(failures)} failed -> {where}")
     if failures:
-        print(f"error: {len(failures)} of {len(images)} image(s) failed:", file=sys.stderr)
-        for f in failures:
-            print(f"  - {f}", file=sys.stderr)
+        print(failure_report(f"{len(failures)} of {len(images)} image(s) failed", failures), file=sys.stderr)
         return 1
     return 0
 

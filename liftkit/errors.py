@@ -32,3 +32,9 @@ class ConfigError(LiftKitError):
 
 class DatasetError(LiftKitError):
     """A dataset folder, list file or annotation is missing, empty or inconsistent (names the sequence and frame)."""
+
+
+def failure_report(header: str, items) -> str:
+    """The end-of-run summary every batch script prints to stderr: ``error: <header>:`` then one ``  - item`` line
+    per failure (each item already a one-line message)."""
+    return "\n".join([f"error: {header}:"] + [f"  - {item}" for item in items])

@@ -130,3 +130,10 @@ def test_list_images_folder_glob_and_missing(tmp_path):
     assert list_images([tmp_path]) == [tmp_path / "a" / "x.png", tmp_path / "y.jpg"]
     assert list_images([str(tmp_path / "*.jpg")]) == [tmp_path / "y.jpg"]
     assert list_images([tmp_path / "missing.png"]) == [tmp_path / "missing.png"]
+
+
+def test_failure_report_format():
+    from liftkit.errors import failure_report
+
+    assert failure_report("2 of 3 image(s) failed", ["'a.jpg' is empty", "'b.png' is truncated"]) == (
+        "error: 2 of 3 image(s) failed:\n  - 'a.jpg' is empty\n  - 'b.png' is truncated")
