@@ -9,7 +9,7 @@ from typing import Optional
 import timm
 import torch
 
-from liftkit.backbones.specs import BackboneSpec, get_spec
+from liftkit.specs import BackboneSpec, get_spec
 from liftkit.backbones.vit import DenseViT
 from liftkit.weights.convert import convert_state_dict, load_strict, read_weights_file, state_dict_digest
 from liftkit.weights.resolve import resolve_weights

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liftkit.backbones.specs import BackboneSpec
+from liftkit.specs import BackboneSpec
 from liftkit.errors import ConfigError
 
 FACETS = ("key", "query", "value", "token")

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from liftkit.errors import DatasetError
-from liftkit.eval.boxes import AnnotatedImage, BoxDataset, check_boxes
+from liftkit.data.boxes import AnnotatedImage, BoxDataset, check_boxes
 
 COCO20K_SIZE = 19817
 _COCO2014 = re.compile(r"^(?:.*/)?COCO_(train|val)2014_(\d{12})\.jpg$")

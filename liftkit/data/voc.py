@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 
 from liftkit.errors import DatasetError
-from liftkit.eval.boxes import AnnotatedImage, BoxDataset, check_boxes
+from liftkit.data.boxes import AnnotatedImage, BoxDataset, check_boxes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

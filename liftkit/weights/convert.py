@@ -13,7 +13,7 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from liftkit.backbones.specs import BackboneSpec
+from liftkit.specs import BackboneSpec
 from liftkit.errors import CheckpointError
 
 StateDict = Dict[str, torch.Tensor]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from liftkit.backbones.specs import BackboneSpec
+from liftkit.specs import BackboneSpec
 from liftkit.errors import WeightsNotFoundError
 
 PROJECT_PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
