@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import eval_spair
 from liftkit.backbones.specs import get_spec
@@ -116,10 +117,10 @@ def test_skip_bad_finishes_counts_and_exits_1(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--data_path", "/nonexistent/SPair"], "--data_path '/nonexistent/SPair' is not a folder"),
+    (["--data_path", "/nonexistent/SPair"], "--data_root '/nonexistent/SPair' is not a folder"),
     (["--methods", "low,cubic"], "unknown method 'cubic'"),
-    (["--methods", "low,lift", "--lift_path", "none"], "--methods lift need a LiFT but --lift_path is none"),
-    (["--imsize", "220", "--methods", "low"], "--imsize 220 is not a multiple of the 14-px patch"),
+    (["--methods", "low,lift", "--lift_path", "none"], "--methods lift needs a LiFT but --lift_path is none"),
+    (["--imsize", "220", "--methods", "low"], "--load_size 220 is not a multiple of the 14-px patch"),
     (["--pairs_per_category", "-1"], "--pairs_per_category -1"),
 ])
 def test_bad_arguments_give_one_error_line(extra, message, capsys):
@@ -129,17 +130,30 @@ def test_bad_arguments_give_one_error_line(extra, message, capsys):
     assert len(err) == 1 and message in err[0]
 
 
-def test_method_features_equal_the_extractor_facade(random_lift):
-    from extractor import ViTExtractor
+def test_one_backbone_pass_gives_every_method_bit_for_bit(random_lift):
+    """ViTExtractor.features: the methods of a plan from one backbone pass (one more per highres*), each equal to
+    the method computed alone from the facade's building blocks, and a time for each."""
+    from liftkit import ViTExtractor
 
     ext = ViTExtractor("dinov2_vits14_imgfocus", random_init=True, lift_path=random_lift)
+    calls = []
+    forward = ext.model.forward_facet
+    ext.model.forward_facet = lambda x, *a, **k: calls.append(tuple(x.shape[-2:])) or forward(x, *a, **k)
     torch.manual_seed(0)
     x = torch.randn(1, 3, 56, 70)
     methods = ["low", "bilinear", "nearest", "bilinear2", "highres", "lift", "lift3"]
-    got = eval_spair.method_features(ext, x, methods)
-    assert list(got) == methods
+    timings = {}
+    got = ext.features(x, ",".join(methods), timings=timings)
+    assert list(got) == methods and set(timings) == set(methods) and min(timings.values()) > 0
+    assert calls == [(56, 70), (112, 140)]  # one pass for all but highres, one for highres
+    low = ext.extract_descriptors(x)
+    ref = {"low": low, "bilinear": F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False),
+           "nearest": F.interpolate(low, scale_factor=2, mode="nearest"),
+           "bilinear2": F.interpolate(low, scale_factor=4, mode="bilinear", align_corners=False),
+           "highres": ext.extract_descriptors(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)),
+           "lift": ext.lift.forward_iterative(low, x, 1), "lift3": ext.lift.forward_iterative(low, x, 3)}
     for m in methods:
-        feats, sec = got[m]
-        assert sec >= 0
-        torch.testing.assert_close(feats, ext.dense_features(x, m), atol=0, rtol=0, msg=m)
-    assert got["lift3"][0].shape == (1, 384, 32, 40)
+        torch.testing.assert_close(got[m], ref[m], atol=0, rtol=0, msg=m)
+        torch.testing.assert_close(ext.dense_features(x, m), ref[m], atol=0, rtol=0, msg=m)
+    assert got["lift3"].shape == (1, 384, 32, 40)
+    assert timings["lift3"] > timings["lift"] > timings["low"]  # the chain's cost includes its earlier steps

@@ -14,7 +14,7 @@ from liftkit.lift.checkpoint import load_lift
 from liftkit.train.data import make_pyramid, screen_images, split_train_val
 from tests.conftest import ASSETS, ROOT
 
-SHIPPED = ROOT / "pretrained" / "lift_dinov2_vits14_imgfocus.safetensors"
+SHIPPED = ROOT / "liftkit" / "pretrained" / "lift_dinov2_vits14_imgfocus.safetensors"
 
 
 def test_shipped_file_and_metadata(imgfocus):

@@ -56,7 +56,7 @@ def create_backbone(
         weights: explicit weight file (``--backbone_weights``).
         offline: never download.
         random_init: skip weights entirely (seeded random init, for tests); never done implicitly.
-        pretrained_dir: override the project's ``pretrained/`` folder.
+        pretrained_dir: search this folder instead of the weights directories (see liftkit.weights.locations).
     Returns:
         (DenseViT, BackboneInfo).
     """

@@ -124,7 +124,7 @@ def load_coco(annotations: Union[str, Path], image_dir: Union[str, Path], names:
     ann_path = Path(annotations)
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
-        raise DatasetError(f"COCO image folder '{image_dir}' does not exist; check --dataroot")
+        raise DatasetError(f"COCO image folder '{image_dir}' does not exist; check --data_root")
     data = read_coco_json(ann_path)
     images: Dict[int, dict] = {}
     for im in data["images"]:
@@ -169,7 +169,7 @@ def _one_image(ann_path: Path, image_dir: Path, images: Dict[int, dict], by_imag
     path = _find_image(image_dir, file_name, image_id)
     if path is None:
         raise DatasetError(f"{where}: image file not found under '{image_dir}' (as {file_name} or "
-                           f"COCO_train2014_{image_id:012d}.jpg); check --dataroot or pass --skip_bad")
+                           f"COCO_train2014_{image_id:012d}.jpg); check --data_root or pass --skip_bad")
     boxes, labels = [], []
     for a in by_image.get(image_id, []):
         if a.get("iscrowd", 0) == 1:

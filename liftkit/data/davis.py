@@ -224,7 +224,7 @@ def load_sequence(root: PathLike, name: str, resolution: str = "480p") -> DavisS
     root = Path(root)
     frame_dir = root / "JPEGImages" / resolution / name
     mask_dir = root / "Annotations" / resolution / name
-    _require_dir(frame_dir, f"sequence '{name}': frame folder", f"check --data_path and that '{name}' is a DAVIS "
+    _require_dir(frame_dir, f"sequence '{name}': frame folder", f"check --data_root and that '{name}' is a DAVIS "
                  f"sequence at {resolution}")
     _require_dir(mask_dir, f"sequence '{name}': annotation folder", "the first-frame masks are needed; check the "
                  "DAVIS download")

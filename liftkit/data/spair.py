@@ -107,11 +107,11 @@ def check_root(root: Path, split: str) -> None:
     if split not in SPLITS:
         raise DatasetError(f"unknown --split '{split}'; SPair-71k has: {', '.join(SPLITS)}")
     if not root.is_dir():
-        raise DatasetError(f"--data_path '{root}' is not a folder; point it at the SPair-71k root "
+        raise DatasetError(f"--data_root '{root}' is not a folder; point it at the SPair-71k root "
                            "(the folder holding JPEGImages/, PairAnnotation/ and Layout/)")
     for sub in ("JPEGImages", f"PairAnnotation/{split}", "Layout/large"):
         if not (root / sub).is_dir():
-            raise DatasetError(f"'{root / sub}' is missing: --data_path must be an SPair-71k root with "
+            raise DatasetError(f"'{root / sub}' is missing: --data_root must be an SPair-71k root with "
                                f"JPEGImages/, PairAnnotation/{split}/ and Layout/large/")
     layout = root / "Layout" / "large" / f"{split}.txt"
     if not layout.is_file():

@@ -64,7 +64,7 @@ def find_image(root: Path, image_id: str, filename: Optional[str] = None) -> Pat
     for c in candidates:
         if c.is_file():
             return c
-    raise DatasetError(f"VOC image '{candidates[0]}' is missing; check --dataroot or pass --skip_bad")
+    raise DatasetError(f"VOC image '{candidates[0]}' is missing; check --data_root or pass --skip_bad")
 
 
 def parse_voc_xml(xml_path: Union[str, Path], root: Optional[Path] = None,
@@ -84,7 +84,7 @@ def parse_voc_xml(xml_path: Union[str, Path], root: Optional[Path] = None,
     root = Path(root) if root is not None else xml_path.parent.parent
     image_id = xml_path.stem
     if not xml_path.is_file():
-        raise DatasetError(f"VOC annotation '{xml_path}' is missing; check --dataroot/--set or pass --skip_bad")
+        raise DatasetError(f"VOC annotation '{xml_path}' is missing; check --data_root/--set or pass --skip_bad")
     try:
         tree = ET.parse(xml_path).getroot()
     except ET.ParseError as exc:
@@ -150,12 +150,12 @@ def load_voc(root: Union[str, Path], image_set: str = "trainval", skip_bad: bool
     """
     root = Path(root)
     if not (root / "Annotations").is_dir():
-        raise DatasetError(f"'{root}' has no Annotations/ folder; point --dataroot at VOCdevkit/VOC2007 (or VOC2012)")
+        raise DatasetError(f"'{root}' has no Annotations/ folder; point --data_root at VOCdevkit/VOC2007 (or VOC2012)")
     ids = read_image_set(root, image_set)
     if ids is None:
         ids = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
         if not ids:
-            raise DatasetError(f"'{root / 'Annotations'}' holds no .xml files; check --dataroot")
+            raise DatasetError(f"'{root / 'Annotations'}' holds no .xml files; check --data_root")
     out = BoxDataset(name=name)
     for image_id in ids:
         try:

@@ -2,7 +2,8 @@
 
 Order (the first hit wins):
   1. an explicit path (``--backbone_weights``): only that file is considered;
-  2. the project's ``pretrained/`` folder: ``<official file name>``, ``<name>.pth`` or ``<name>.safetensors``;
+  2. the weights directories (``$LIFTKIT_WEIGHTS_DIR``, then ``pretrained/`` in the working directory; see
+     :mod:`liftkit.weights.locations`): ``<official file name>``, ``<name>.pth`` or ``<name>.safetensors``;
   3. the torch hub checkpoint cache: ``$TORCH_HOME/hub/checkpoints/<official file name>``
      (``TORCH_HOME`` defaults to ``~/.cache/torch``);
   4. the Hugging Face cache for timm-hosted weights:
@@ -23,8 +24,7 @@ from typing import List, Optional
 
 from liftkit.specs import BackboneSpec
 from liftkit.errors import WeightsNotFoundError
-
-PROJECT_PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
+from liftkit.weights.locations import weights_dirs
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,15 @@ def cache_filename(spec: BackboneSpec) -> str:
     return f"{spec.timm_arch}.safetensors" if spec.weights_format == "timm" else spec.filename
 
 
+def _local_dirs(pretrained_dir: Optional[Path]) -> List[Path]:
+    """``pretrained_dir`` alone when given (tests, callers with their own folder), else the weights directories."""
+    return [Path(pretrained_dir)] if pretrained_dir is not None else weights_dirs()
+
+
 def candidate_paths(spec: BackboneSpec, pretrained_dir: Optional[Path] = None) -> List[Path]:
     """Every place looked at, in order (explicit paths excluded); HF snapshot globs are expanded."""
-    pre = Path(pretrained_dir) if pretrained_dir is not None else PROJECT_PRETRAINED
     names = dict.fromkeys([spec.filename, cache_filename(spec), f"{spec.name}.pth", f"{spec.name}.safetensors"])
-    out = [pre / n for n in names if n != "model.safetensors"]
+    out = [d / n for d in _local_dirs(pretrained_dir) for n in names if n != "model.safetensors"]
     out.append(torch_hub_checkpoints() / cache_filename(spec))
     if spec.hf_hub_id:
         repo = hf_hub_cache() / ("models--" + spec.hf_hub_id.replace("/", "--"))
@@ -72,8 +76,8 @@ def candidate_paths(spec: BackboneSpec, pretrained_dir: Optional[Path] = None) -
     return out
 
 
-def _origin(path: Path, pre: Path) -> str:
-    if pre in path.parents:
+def _origin(path: Path, local_dirs: List[Path]) -> str:
+    if any(d in path.parents for d in local_dirs):
         return "pretrained"
     if torch_hub_checkpoints() in path.parents:
         return "torch_hub"
@@ -104,11 +108,10 @@ def resolve_weights(
         if not path.is_file():
             raise WeightsNotFoundError(f"--backbone_weights '{path}' does not exist; give the path of a weight file")
         return ResolvedWeights(path, "explicit")
-    pre = Path(pretrained_dir) if pretrained_dir is not None else PROJECT_PRETRAINED
-    candidates = candidate_paths(spec, pre)
+    candidates = candidate_paths(spec, pretrained_dir)
     for path in candidates:
         if path.is_file():
-            return ResolvedWeights(path, _origin(path, pre))
+            return ResolvedWeights(path, _origin(path, _local_dirs(pretrained_dir)))
 
     target = torch_hub_checkpoints() / cache_filename(spec)
     if spec.weights_format == "imgfocus":
