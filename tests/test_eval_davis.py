@@ -95,10 +95,24 @@ def test_refuses_stale_results(run, capsys):
     (["--methods", "low", "--max_frames", "2"], "--max_frames 2: at least 3"),
     (["--methods", "low", "--sequences", "nope"], "sequence(s) nope not listed in DAVIS set 'val'"),
     (["--methods", "low", "--set", "test-dev"], "set file"),
-    (["--methods", "low,lift", "--lift_path", "none", "--offline"], "--methods low,lift needs a LiFT"),
+    (["--methods", "low,lift", "--lift_path", "none", "--offline"], "--methods lift needs a LiFT but --lift_path is none"),
 ])
 def test_bad_flags(tmp_path, capsys, flags, message):
     rc = eval_davis.main(["--data_path", str(DAVIS), "--output_dir", str(tmp_path), "--quiet"] + flags)
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err and err.count("error:") == 1
+
+
+def test_methods_side_by_side_write_the_masks_each_writes_alone(run, tmp_path):
+    """All methods share each frame's backbone pass; the masks of 'low' are those of the run with 'low' alone."""
+    out, argv, _ = run
+    both = tmp_path / "both"
+    rc = eval_davis.main(["--data_root", str(DAVIS), "--sequences", "blackswan", "--methods", "bilinear,low",
+                          "--max_frames", "4", "--short_side", "224", "--offline", "--lift_path", "none",
+                          "--device", "cpu", "--output_dir", str(both), "--quiet"])
+    assert rc == 0
+    for t in range(4):
+        alone = read_label_png(out / "masks" / "low" / "blackswan" / f"{t:05d}.png")
+        np.testing.assert_array_equal(read_label_png(both / "low" / "blackswan" / f"{t:05d}.png"), alone)
+    assert (both / "bilinear" / "blackswan" / "00003.png").is_file()
