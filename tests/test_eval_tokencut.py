@@ -84,9 +84,13 @@ def test_end_to_end_voc07(shared_data, tmp_path, capsys):
         "--save_vis", str(vis), "--solver", "auto",
     ])
     assert rc == 0, err
-    assert err.startswith("eval_tokencut: {")  # resolved arguments logged first
+    lines = err.splitlines()  # version and commit, then the resolved arguments, logged first
+    assert lines[0].startswith("[eval_tokencut] liftkit 0.1.0, git commit ") and lines[1].startswith(
+        '[eval_tokencut] args: {"annotations": null, "backbone_weights": null')
     r = json.loads(out_json.read_text())
-    assert set(r) >= {"args", "extractor", "dataset", "tau", "eps", "methods", "images", "failures"}
+    assert set(r) >= {"run", "args", "extractor", "dataset", "tau", "eps", "methods", "images", "failures"}
+    assert r["run"]["command"] == "eval_tokencut" and r["run"]["liftkit_version"] == "0.1.0"
+    assert r["run"]["args"]["data_root"] == str(shared_data / VOC07) and r["run"]["args"]["load_size"] == 224
     assert r["tau"] == 0.2 and r["eps"] == 1e-5 and r["failures"] == []
     assert r["dataset"]["num_images"] == 6 and r["dataset"]["num_objects"] == 18 and r["dataset"]["num_skipped"] == 0
     assert r["extractor"]["backbone"] == "dinov2_vits14_imgfocus" and r["extractor"]["facet"] == "value"
@@ -139,7 +143,7 @@ def test_script_errors_are_one_line(shared_data, capsys, tmp_path):
     assert rc == 2 and "has no Annotations/ folder" in err
     rc, _, err = _run(capsys, ["--dataset", "voc07", "--dataroot", str(shared_data / VOC07), "--offline",
                                "--lift_path", "none", "--methods", "low,lift"])
-    assert rc == 2 and "error: --methods has 'lift' but no LiFT is loaded" in err
+    assert rc == 2 and "error: --methods lift needs a LiFT but --lift_path is none" in err
     assert "Traceback" not in err
 
 
