@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -270,6 +270,13 @@ class ViTExtractor:
             if timings is not None:
                 timings[m.name] = sec
         return out
+
+    @torch.no_grad()
+    def lift_steps(self, feats: torch.Tensor, images: torch.Tensor, iterations: int) -> List[torch.Tensor]:
+        """LiFT applied 1..``iterations`` times, every step kept: ``[lift_features(feats, images, k) for k in
+        1..iterations]`` (bit for bit) at the cost of the last one alone."""
+        self.require_lift()
+        return self._lift_chain(feats, images, iterations, _Timer(self.device))[0]
 
     def _lift_chain(self, low: Optional[torch.Tensor], images: torch.Tensor, k: int, timer: "_Timer"):
         """LiFT applied 1..k times as :meth:`LiFT.forward_iterative` does, every step kept: ([float32 maps],

@@ -80,6 +80,7 @@ def test_end_to_end_on_assets(tmp_path, imgfocus):
     assert pca.size[0] == 6 * 320  # image + 5 maps, 3.2 in at 100 dpi
     cka = json.loads((out / "cka.json").read_text())
     assert cka["images"] == 2 and set(cka["cka"]) == {"backbone", "bilinear", "lift"}
+    assert cka["run"]["command"] == "eval_visualize_feats" and cka["run"]["args"]["lift_iter"] == 2
     for m in ("backbone", "bilinear", "lift"):
         assert cka["cka"][m]["112"]["112"] == pytest.approx(1.0, abs=1e-9)  # same scale: the backbone itself
         assert 0 < cka["cka"][m]["56"]["112"] < 1
@@ -94,3 +95,13 @@ def test_bad_point_is_one_line(tmp_path, capsys):
     rc = eval_visualize_feats.main(["--image_path", str(ASSETS / "sample.jpg"), "--output_dir", str(tmp_path),
                                     "--model_type", "dino_vits16", "--random_init", "--no_cka", "--points", "999,5"])
     assert rc == 1 and "--points 999,5 lies outside the 451x300 image" in capsys.readouterr().err
+
+
+def test_lift_path_none_shows_the_baselines(tmp_path, capsys):
+    rc = eval_visualize_feats.main(["--image_path", str(ASSETS / "sample.jpg"), "--output_dir", str(tmp_path),
+                                    "--model_type", "dino_vits16", "--random_init", "--lift_path", "none",
+                                    "--no_cka", "--load_size", "64", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert "no LiFT for dino_vits16: showing the baselines only" in capsys.readouterr().err
+    # 4 columns: image, backbone, bilinear, 2x input; one row (the centre point)
+    assert Image.open(tmp_path / "sample_sim.png").size == (round(2.6 * 4 * 90), int((2.6 * 300 / 451 + 0.5) * 90))
