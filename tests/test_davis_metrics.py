@@ -20,8 +20,9 @@ from liftkit.eval.davis_metrics import (
     f_measure,
     seg2bmap,
 )
+from tests.conftest import SHARED_DATA, require_shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 DAVIS_ROOT = DATA / "DAVIS"
 OSVOS = DATA / "DAVIS-2017-results" / "semi-supervised" / "osvos"
 OSVOS_REF = DATA / "DAVIS-2017-results" / "reference_eval" / "osvos_semi-supervised_val.json"
@@ -106,7 +107,7 @@ def test_db_statistics():
 # ----------------------------------------------------------------------------------------------------- official
 
 
-@pytest.mark.skipif(not OSVOS_REF.is_file(), reason="shared DAVIS data not available")
+@pytest.mark.real_data
 def test_reproduces_official_osvos_evaluation():
     ref = json.loads(OSVOS_REF.read_text())
     res = evaluate_results_dir(DAVIS_ROOT, OSVOS, "val")

@@ -11,7 +11,7 @@ from PIL import Image
 import eval_davis
 from liftkit.data.davis import read_label_png
 from liftkit.eval.davis_metrics import evaluate_results_dir
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, require_shared_data
 
 DAVIS = SHARED_DATA / "DAVIS"
 STATS = {"J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"}
@@ -20,8 +20,7 @@ STATS = {"J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-D
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One real run: blackswan, 4 frames at short side 224 (16 x 28 grid), backbone grid ('low')."""
-    if not DAVIS.is_dir():
-        pytest.fail(f"{DAVIS} is missing: the real-data tests need ../shared/data")
+    require_shared_data()
     out = tmp_path_factory.mktemp("davis_run")
     argv = ["--data_path", str(DAVIS), "--sequences", "blackswan", "--methods", "low", "--max_frames", "4",
             "--short_side", "224", "--offline", "--lift_path", "none", "--device", "cpu",
@@ -90,6 +89,7 @@ def test_refuses_stale_results(run, capsys):
     assert (foreign / "notes.txt").is_file()
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("flags,message", [
     (["--methods", "low,bogus"], "unknown method 'bogus'"),
     (["--methods", "low", "--max_frames", "2"], "--max_frames 2: at least 3"),

@@ -15,8 +15,9 @@ import eval_spair
 from liftkit.backbones.specs import get_spec
 from liftkit.lift.checkpoint import LiftMeta, save_lift
 from liftkit.lift.model import LiFT
+from tests.conftest import SHARED_DATA, require_shared_data
 
-SPAIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "SPair-71k"
+SPAIR = SHARED_DATA / "SPair-71k"
 CATS = ["aeroplane", "cow", "dog", "horse", "motorbike", "pottedplant"]
 KEYS = ["pck@0.05", "pck@0.1", "pck@0.15"]
 
@@ -34,6 +35,7 @@ def random_lift(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory, random_lift):
+    require_shared_data()
     out = tmp_path_factory.mktemp("spair") / "res.json"
     plot = out.with_name("plot.png")
     rc = eval_spair.main(["--data_path", str(SPAIR), "--offline", "--quiet", "--methods", "low,bilinear,lift2",
@@ -97,6 +99,7 @@ def _fake_root(tmp_path, names):
     return root
 
 
+@pytest.mark.real_data
 def test_skip_bad_finishes_counts_and_exits_1(tmp_path, capsys):
     good = ["006394-2007_005797-2009_003189:cow", "006666-2009_003189-2007_005797:cow"]
     bad = "000271-2009_001056-2008_007604:aeroplane"
@@ -116,6 +119,7 @@ def test_skip_bad_finishes_counts_and_exits_1(tmp_path, capsys):
     assert "1 pair(s) skipped" in capsys.readouterr().err
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("extra, message", [
     (["--data_path", "/nonexistent/SPair"], "--data_root '/nonexistent/SPair' is not a folder"),
     (["--methods", "low,cubic"], "unknown method 'cubic'"),

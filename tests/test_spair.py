@@ -20,8 +20,9 @@ from liftkit.eval.correspondence import (
 )
 from liftkit.eval.flops import _sdpa_flops, count_flops
 from liftkit.eval.plots import plot_metric_vs_flops, plot_points
+from tests.conftest import SHARED_DATA, require_shared_data
 
-SPAIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "SPair-71k"
+SPAIR = SHARED_DATA / "SPair-71k"
 REAL_KPS = {"aeroplane": 14, "cow": 14, "dog": 18, "horse": 18, "motorbike": 14, "pottedplant": 8}
 
 
@@ -154,6 +155,7 @@ def test_pck_accumulator_averages_over_categories_and_keypoints():
         acc.add("a", np.array([True]))
 
 
+@pytest.mark.real_data
 # ------------------------------------------------------------------------------------------ loader, real data
 def test_loader_on_the_real_subset():
     names = list_pair_names(SPAIR, "test")
@@ -172,6 +174,7 @@ def test_loader_on_the_real_subset():
     assert p.trg_bbox.tolist() == [1, 25, 333, 494] and p.kps_ids == ("0", "1", "2", "16", "18", "22", "23")
 
 
+@pytest.mark.real_data
 def test_sampling_is_deterministic_and_without_replacement_by_default():
     names = list_pair_names(SPAIR, "test")
     one = select_pairs(names, 1, seed=0)
@@ -195,6 +198,7 @@ def test_sampling_is_deterministic_and_without_replacement_by_default():
 @pytest.fixture
 def fake_root(tmp_path):
     """A SPair root in tmp: JSON copies, a symlink to the real images (never copied)."""
+    require_shared_data()
     root = tmp_path / "SPair-71k"
     (root / "Layout" / "large").mkdir(parents=True)
     shutil.copy(SPAIR / "Layout" / "large" / "test.txt", root / "Layout" / "large" / "test.txt")

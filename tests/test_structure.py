@@ -119,3 +119,16 @@ def test_library_has_no_argparse_and_no_print():
                 if "argparse" in names:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} argparse")
     assert offenders == []
+
+
+def test_real_data_tests_skip_without_the_data_and_fail_when_required(tmp_path, monkeypatch):
+    from tests.conftest import REQUIRE_DATA_ENV, require_shared_data
+
+    assert require_shared_data(tmp_path) == tmp_path
+    monkeypatch.delenv(REQUIRE_DATA_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="is missing.*LIFTKIT_REQUIRE_DATA=1 to fail"):
+        require_shared_data(tmp_path / "gone")
+    monkeypatch.setenv(REQUIRE_DATA_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="LIFTKIT_REQUIRE_DATA=1 makes them required"):
+        require_shared_data(tmp_path / "gone")
+    assert f"export {REQUIRE_DATA_ENV}=1" in (ROOT / ".ci" / "run").read_text()
