@@ -34,6 +34,7 @@ import torch
 from extractor import ViTExtractor, available_backbones
 from liftkit.backbones.specs import DEFAULT_BACKBONE
 from liftkit.errors import LiftKitError
+from liftkit.lift.model import ATTEND_PRIORS, HEADS
 from liftkit.train.data import DOWNSAMPLE_MODES, RESIZE_POLICIES
 from liftkit.train.loop import AMP_MODES, TrainConfig, Trainer
 from liftkit.train.objective import LOSSES
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--augment", action="store_true", help="the official colour jitter (0.2, 0.2, 0.2, 0.2)")
     d.add_argument("--hflip", action="store_true", help="random horizontal flips")
     d.add_argument("--random_crop", action="store_true", help="random instead of centre S x S crop")
+    d.add_argument("--scale_min", type=float, default=1.0,
+                   help="zoom augmentation: the S x S crop covers a random fraction in [scale_min, 1] of the short "
+                        "side (default 1 = off)")
+    d.add_argument("--cache_views", type=int, default=1,
+                   help="views per image in the feature cache: view 0 is the plain input, the others are augmented "
+                        "by the flags above with seeds fixed by --seed (default 1 = un-augmented cache)")
     d.add_argument("--cache_dir", default=None,
                    help="cache the frozen backbone's targets here (fp16, keyed by backbone/layer/facet/S/data); "
                         "epochs after the first skip the backbone. Not with augmentation")
@@ -75,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch_size", type=int, default=8, help="global batch size, split over processes (default 8)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     t.add_argument("--loss", choices=LOSSES, default="cosine", help="default cosine (1 - cos per location); cosine_centered subtracts the mean target feature first; cosine_raw_centered sums both")
+    t.add_argument("--head", choices=HEADS, default="plain",
+                   help="LiFT output head: plain (the paper's), residual (a correction to bilinear upsampling) or "
+                        "attend (softmax weights over the k x k low-resolution neighbours; stays in the backbone's "
+                        "feature space). Default plain")
+    t.add_argument("--head_kernel", type=int, default=3, help="attend head: neighbourhood k (odd, default 3)")
+    t.add_argument("--head_prior", choices=ATTEND_PRIORS, default="bilinear",
+                   help="attend head: prior of the weights, bilinear (starts as bilinear upsampling, default) or "
+                        "uniform (starts as a k x k box filter)")
     t.add_argument("--residual", action="store_true",
                    help="residual LiFT: predict a correction to the bilinear 2x upsampling of the features (same "
                         "parameters as the official module; recorded in the LiFT file). Default: the paper's LiFT")
@@ -101,7 +116,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model_type=args.model_type, layer=args.layer, facet=args.facet, channel_order=args.channel_order,
         backbone_weights=args.backbone_weights, offline=args.offline, random_init=args.random_init,
         imsize=args.imsize, resize=args.resize, downsample=args.downsample, loss=args.loss,
-        residual=args.residual, lr=args.lr,
+        residual=args.residual, head=args.head, head_kernel=args.head_kernel, head_prior=args.head_prior,
+        scale_min=args.scale_min, cache_views=args.cache_views, lr=args.lr,
         epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, augment=args.augment, hflip=args.hflip,
         random_crop=args.random_crop, val_fraction=0.0 if args.val_root else args.val_fraction, val_root=args.val_root,

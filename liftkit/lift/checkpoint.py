@@ -22,7 +22,7 @@ import torch
 
 from liftkit.backbones.specs import BACKBONES
 from liftkit.errors import CheckpointError, IncompatibleLiftError
-from liftkit.lift.model import LiFT
+from liftkit.lift.model import HEADS, LiFT
 from liftkit.weights.convert import load_strict
 
 FORMAT = "liftkit.lift/1"
@@ -48,7 +48,19 @@ class LiftMeta:
     std: Tuple[float, float, float]
     train_config: Dict[str, Any] = field(default_factory=dict)
     source: str = "liftkit"
-    residual: bool = False
+    residual: bool = False  # kept for readers of older files; equals head == "residual"
+    head: str = "plain"  # plain | residual | attend (liftkit.lift.model.HEADS)
+    head_kernel: int = 3  # attend head: neighbourhood k
+    head_prior: str = "bilinear"  # attend head: prior of the logits
+
+    def __post_init__(self) -> None:
+        if self.residual and self.head == "plain":
+            self.head = "residual"
+        self.residual = self.head == "residual"
+
+    def build(self) -> LiFT:
+        """An untrained :class:`LiFT` with this file's architecture."""
+        return LiFT(self.channels, self.patch_size, head=self.head, kernel=self.head_kernel, prior=self.head_prior)
 
     def to_strings(self) -> Dict[str, str]:
         d = asdict(self)
@@ -62,8 +74,13 @@ class LiftMeta:
         if d.get("format") != FORMAT:
             raise CheckpointError(f"LiFT file '{path}' has no liftkit metadata (format={d.get('format')!r}); "
                                   "was it written by train_lift.py?")
+        head = d.get("head", "residual" if d.get("residual") == "true" else "plain")
+        if head not in HEADS:
+            raise CheckpointError(f"LiFT file '{path}' has head '{head}', which this liftkit does not know (known: "
+                                  f"{', '.join(HEADS)}); upgrade liftkit or use another LiFT file")
         try:
             return cls(
+                head=head, head_kernel=int(d.get("head_kernel", "3")), head_prior=d.get("head_prior", "bilinear"),
                 backbone=d["backbone"], backbone_weights_sha256=d["backbone_weights_sha256"], layer=int(d["layer"]),
                 facet=d["facet"], channel_order=d["channel_order"], patch_size=int(d["patch_size"]),
                 channels=int(d["channels"]), mean=tuple(json.loads(d["mean"])), std=tuple(json.loads(d["std"])),
@@ -142,7 +159,10 @@ def load_lift(path: Path, map_location: str = "cpu") -> Tuple[LiFT, LiftMeta]:
             channel_order="dim_major", patch_size=spec.patch_size, channels=int(sd["outc.weight"].shape[0]),
             mean=spec.mean, std=spec.std, source="official",
         )
-    model = LiFT(meta.channels, meta.patch_size, residual=meta.residual)
+    try:
+        model = meta.build()
+    except ValueError as exc:
+        raise CheckpointError(f"LiFT file '{path}': {exc}") from None
     load_strict(model, sd, str(path))
     return model.eval(), meta
 

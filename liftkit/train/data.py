@@ -21,6 +21,9 @@ mean/std.
   contrast, saturation factors in [0.8, 1.2], hue shift in [-0.2, 0.2], applied in a random order); ``--hflip`` and
   ``--random_crop`` are optional. All randomness of one sample comes from its own seed (see :class:`EpochPlan`), so
   an epoch's images are a pure function of (seed, epoch), whatever the number of data-loader workers or processes.
+* **Cached views** (:class:`ViewsData`, ``--cache_views V``): V views per image, row ``r`` = view ``r % V`` of image
+  ``r // V``; view 0 is the plain input, views 1.. draw crop position, zoom (``--scale_min``), flip and jitter from a
+  seed that is a pure function of (``--seed``, r), so the feature cache can hold augmented targets.
 * **Pairs**: the image at S/2 and S/4 is made from the S image by :func:`downsample`: ``antialias`` (default,
   ``F.interpolate(..., mode="bilinear", antialias=True)``, a triangle filter spanning the reduction factor),
   ``area`` (box filter: the mean of each f x f block) or ``strided`` (``x[..., ::f, ::f]``, the official code's
@@ -156,28 +159,31 @@ class Augment:
     color_jitter: bool = False
     hflip: bool = False
     random_crop: bool = False
+    scale_min: float = 1.0  # zoom: the crop covers a random fraction in [scale_min, 1] of the short side
 
     @property
     def any(self) -> bool:
-        return self.color_jitter or self.hflip or self.random_crop
+        return self.color_jitter or self.hflip or self.random_crop or self.scale_min < 1.0
 
 
 def fit_square(
-    image: Image.Image, size: int, policy: str = "crop", crop_at: Tuple[float, float] = (0.5, 0.5)
+    image: Image.Image, size: int, policy: str = "crop", crop_at: Tuple[float, float] = (0.5, 0.5),
+    zoom: float = 1.0,
 ) -> Image.Image:
     """Resize an RGB image to ``size x size`` by the size policy.
 
     Args:
         policy: ``crop`` (short side to ``size``, then a ``size x size`` crop) or ``squash`` (resize to
             ``size x size``).
-        crop_at: (fx, fy) in [0, 1]: where the crop window sits along the free axis (0.5 = centre).
+        crop_at: (fx, fy) in [0, 1]: where the crop window sits along the free axes (0.5 = centre).
+        zoom: >= 1; the short side is resized to ``size * zoom`` before the crop (so the crop covers 1/zoom of it).
     """
     if policy not in RESIZE_POLICIES:
         raise ConfigError(f"unknown --resize '{policy}'; choose one of: {', '.join(RESIZE_POLICIES)}")
     w, h = image.size
     if policy == "squash":
         return image if (w, h) == (size, size) else image.resize((size, size), Image.BICUBIC)
-    s = size / min(w, h)
+    s = size * float(zoom) / min(w, h)
     nw, nh = max(size, int(round(w * s))), max(size, int(round(h * s)))
     if (nw, nh) != (w, h):
         image = image.resize((nw, nh), Image.BICUBIC)
@@ -224,7 +230,8 @@ def prepare_image(
     crop_at = (0.5, 0.5)
     if augment.random_crop:
         crop_at = (_uniform(gen, 0.0, 1.0), _uniform(gen, 0.0, 1.0))
-    image = fit_square(image, size, policy, crop_at)
+    zoom = 1.0 / _uniform(gen, augment.scale_min, 1.0) if augment.scale_min < 1.0 else 1.0
+    image = fit_square(image, size, policy, crop_at, zoom)
     if augment.hflip and bool(torch.rand((), generator=gen) < 0.5):
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     if augment.color_jitter:
@@ -260,13 +267,47 @@ class ImageFolderData(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, item: Tuple[int, int]) -> Dict[str, object]:
-        index, sample_seed = int(item[0]), int(item[1])
+        return self._item(int(item[0]), self.augment, int(item[1]))
+
+    def _item(self, index: int, augment: Augment, sample_seed: int) -> Dict[str, object]:
         try:
             img = load_image(self.paths[index], min_side=self.min_side)
         except ImageLoadError as exc:
             return {"index": index, "error": str(exc)}
-        x = prepare_image(img, self.size, self.mean, self.std, self.policy, self.augment, sample_seed)
+        x = prepare_image(img, self.size, self.mean, self.std, self.policy, augment, sample_seed)
         return {"index": index, "image": x}
+
+
+class ViewsData(ImageFolderData):
+    """``views`` fixed views of every image (for a feature cache of augmented targets).
+
+    Row ``r`` is view ``r % views`` of ``image_paths[r // views]`` (``paths[r]`` is that image's path, so per-row
+    code works unchanged). View 0 is the plain input; view ``v > 0`` applies ``augment`` with the sample seed
+    ``default_rng([seed, r, 2]).integers(2**62)``: the content of every row is fixed by (seed, r) alone.
+    """
+
+    def __init__(self, paths: Sequence[Path], size: int, mean: Sequence[float], std: Sequence[float], min_side: int,
+                 policy: str, augment: Augment, views: int, seed: int):
+        if views < 1:
+            raise ConfigError(f"--cache_views {views} must be at least 1")
+        super().__init__([q for q in paths for _ in range(views)], size, mean, std, min_side, policy, augment)
+        self.image_paths = list(paths)
+        self.views, self.seed = int(views), int(seed)
+
+    def view_seed(self, row: int) -> int:
+        return int(np.random.default_rng([self.seed, int(row), 2]).integers(0, 2**62))
+
+    def __getitem__(self, item: Tuple[int, int]) -> Dict[str, object]:
+        row = int(item[0])
+        if row % self.views == 0:
+            return self._item(row, Augment(), 0)
+        return self._item(row, self.augment, self.view_seed(row))
+
+    def rows(self, subset: Sequence[Path], all_views: bool = True) -> List[int]:
+        """Rows of the images of ``subset`` (in its order): every view, or view 0 only."""
+        pos = {q: i for i, q in enumerate(self.image_paths)}
+        per = range(self.views) if all_views else range(1)
+        return [pos[q] * self.views + v for q in subset for v in per]
 
 
 def collate_images(items: List[Dict[str, object]]) -> Dict[str, object]:

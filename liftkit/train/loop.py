@@ -33,7 +33,7 @@ from liftkit.backbones.specs import get_spec
 from liftkit.device import resolve_device
 from liftkit.errors import CheckpointError, ConfigError, LiftKitError
 from liftkit.lift.checkpoint import LiftMeta, save_lift
-from liftkit.lift.model import LiFT
+from liftkit.lift.model import ATTEND_PRIORS, HEADS, LiFT
 from liftkit.train import checkpointing as ckpt
 from liftkit.train.data import (
     DOWNSAMPLE_MODES,
@@ -41,6 +41,7 @@ from liftkit.train.data import (
     Augment,
     EpochPlan,
     ImageFolderData,
+    ViewsData,
     collate_images,
     find_images,
     listing_digest,
@@ -82,7 +83,10 @@ class TrainConfig:
     resize: str = "crop"
     downsample: str = "antialias"
     loss: str = "cosine"
-    residual: bool = False  # LiFT predicts a correction to bilinear upsampling (liftkit.lift.model.LiFT(residual=True))
+    residual: bool = False  # legacy spelling of head="residual"
+    head: str = "plain"  # plain | residual | attend (liftkit.lift.model.HEADS)
+    head_kernel: int = 3  # attend head: k x k neighbourhood
+    head_prior: str = "bilinear"  # attend head: prior of its logits
     lr: float = 1e-3
     epochs: int = 5
     batch_size: int = 8
@@ -92,6 +96,8 @@ class TrainConfig:
     augment: bool = False
     hflip: bool = False
     random_crop: bool = False
+    scale_min: float = 1.0  # zoom augmentation: the crop covers [scale_min, 1] of the short side
+    cache_views: int = 1  # views per image in the feature cache (view 0 plain, the others augmented)
     val_fraction: float = 0.05
     val_root: Optional[str] = None
     limit: Optional[int] = None
@@ -108,7 +114,12 @@ class TrainConfig:
 
     @property
     def augmentation(self) -> Augment:
-        return Augment(color_jitter=self.augment, hflip=self.hflip, random_crop=self.random_crop)
+        return Augment(color_jitter=self.augment, hflip=self.hflip, random_crop=self.random_crop,
+                       scale_min=self.scale_min)
+
+    @property
+    def lift_head(self) -> str:
+        return "residual" if self.residual and self.head == "plain" else self.head
 
 
 class _NullBar:
@@ -173,9 +184,21 @@ def validate_config(cfg: TrainConfig, world: int = 1) -> None:
         (0.0 <= cfg.val_fraction < 1.0, f"--val_fraction {cfg.val_fraction} must be in [0, 1)"),
         (cfg.batch_size % world == 0, f"--batch_size {cfg.batch_size} (the global batch) must be divisible by the "
                                       f"{world} processes"),
-        (not (cfg.cache_dir and cfg.augmentation.any),
-         "--cache_dir stores un-augmented targets and cannot be combined with --augment/--hflip/--random_crop; "
-         "drop one of them"),
+        (not (cfg.cache_dir and cfg.augmentation.any and cfg.cache_views < 2),
+         "--cache_dir with one view per image stores un-augmented targets and cannot be combined with "
+         "--augment/--hflip/--random_crop/--scale_min; pass --cache_views N (N >= 2) or drop the augmentation"),
+        (cfg.cache_views >= 1, f"--cache_views {cfg.cache_views} must be at least 1"),
+        (cfg.cache_views == 1 or (cfg.cache_dir and cfg.augmentation.any),
+         f"--cache_views {cfg.cache_views} needs --cache_dir and an augmentation (--random_crop, --scale_min, "
+         "--hflip or --augment)"),
+        (0.1 <= cfg.scale_min <= 1.0, f"--scale_min {cfg.scale_min} must be in [0.1, 1]"),
+        (cfg.lift_head in HEADS, f"unknown --head '{cfg.head}'; choose one of: {', '.join(HEADS)}"),
+        (cfg.head_kernel >= 3 and cfg.head_kernel % 2 == 1 and cfg.head_kernel <= 9,
+         f"--head_kernel {cfg.head_kernel} must be odd and in 3..9"),
+        (cfg.head_prior in ATTEND_PRIORS,
+         f"unknown --head_prior '{cfg.head_prior}'; choose one of: {', '.join(ATTEND_PRIORS)}"),
+        (not (cfg.residual and cfg.head not in ("plain", "residual")),
+         f"--residual contradicts --head {cfg.head}; drop --residual"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -374,8 +397,12 @@ class Trainer:
             "backbone": ext.spec.name, "backbone_weights_sha256": ext.info.weights_sha256, "layer": int(ext.layer),
             "facet": ext.facet, "channel_order": ext.channel_order, "patch_size": int(ext.patch_size),
             "channels": int(ext.embed_dim), "imsize": cfg.imsize, "resize": cfg.resize, "downsample": cfg.downsample,
-            "loss": cfg.loss, "residual": cfg.residual, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "loss": cfg.loss, "residual": cfg.lift_head == "residual", "batch_size": cfg.batch_size, "seed": cfg.seed,
             "augment": cfg.augment, "hflip": cfg.hflip, "random_crop": cfg.random_crop,
+            **({"head": cfg.lift_head, "head_kernel": cfg.head_kernel, "head_prior": cfg.head_prior}
+               if cfg.lift_head == "attend" else {}),
+            **({"cache_views": cfg.cache_views, "scale_min": cfg.scale_min}
+               if cfg.cache_views > 1 or cfg.scale_min < 1 else {}),
             "train_images_digest": summary["train_images_digest"],
         }
 
@@ -386,14 +413,21 @@ class Trainer:
         if cfg.cache_dir:
             # one cache over every usable image of --data_root (so any --val_fraction / --seed reuses it), plus one
             # over --val_root when given; the splits are row subsets
-            all_ds = ImageFolderData(usable, cfg.imsize, ext.spec.mean, ext.spec.std, p, cfg.resize, Augment())
-            train_src = self._cached_source(all_ds, "data_root", train_paths)
-            val_src = None
+            if cfg.cache_views > 1:  # row = view of an image; validation reads view 0 (the plain input) only
+                all_ds = ViewsData(usable, cfg.imsize, ext.spec.mean, ext.spec.std, p, cfg.resize, aug,
+                                   cfg.cache_views, cfg.seed)
+                train_src = self._cached_source(all_ds, "data_root", all_ds.rows(train_paths))
+                val_src = _CachedSource(train_src.cache, self._valid_rows(train_src.cache, all_ds.rows(
+                    val_paths, all_views=False)), self.device) if val_paths and not cfg.val_root else None
+            else:
+                all_ds = ImageFolderData(usable, cfg.imsize, ext.spec.mean, ext.spec.std, p, cfg.resize, Augment())
+                train_src = self._cached_source(all_ds, "data_root", self._path_rows(all_ds.paths, train_paths))
+                val_src = None
+                if val_paths and not cfg.val_root:
+                    val_src = _CachedSource(train_src.cache, self._valid_rows(
+                        train_src.cache, self._path_rows(all_ds.paths, val_paths)), self.device)
             if val_paths and cfg.val_root:
-                val_src = self._cached_source(val_ds, "val_root", val_paths)
-            elif val_paths:
-                val_src = _CachedSource(train_src.cache, self._rows(all_ds.paths, train_src.cache, val_paths),
-                                        self.device)
+                val_src = self._cached_source(val_ds, "val_root", self._path_rows(val_ds.paths, val_paths))
         else:
             train_src = _LiveSource(train_ds, range(len(train_paths)), ext.extract_descriptors, cfg.downsample,
                                     self.device, cfg.num_workers, self.autocast)
@@ -407,7 +441,7 @@ class Trainer:
 
         # ---- model, optimiser, resume
         torch.manual_seed(cfg.seed)
-        lift = LiFT(ext.embed_dim, ext.patch_size, residual=cfg.residual)
+        lift = LiFT(ext.embed_dim, ext.patch_size, head=cfg.lift_head, kernel=cfg.head_kernel, prior=cfg.head_prior)
         pairs: torch.nn.Module = LiftPairs(lift)
         if ctx.enabled:
             pairs = convert_batchnorm(pairs, self.device)
@@ -464,7 +498,7 @@ class Trainer:
             backbone=ext.spec.name, backbone_weights_sha256=ext.info.weights_sha256, layer=int(ext.layer),
             facet=ext.facet, channel_order=ext.channel_order, patch_size=int(ext.patch_size),
             channels=int(ext.embed_dim), mean=tuple(ext.spec.mean), std=tuple(ext.spec.std),
-            residual=cfg.residual,
+            head=cfg.lift_head, head_kernel=cfg.head_kernel, head_prior=cfg.head_prior,
         )
         for ep in range(epoch, cfg.epochs):
             plan = EpochPlan(n_rows, cfg.batch_size, cfg.seed, ep, ctx.rank, ctx.world)
@@ -498,18 +532,27 @@ class Trainer:
                            "target_mean": means})
 
     @staticmethod
-    def _rows(paths: Sequence[Path], cache: FeatureCache, subset: Sequence[Path]) -> List[int]:
-        """Cache rows of ``subset`` (in its order), leaving out images the cache found unreadable."""
+    def _path_rows(paths: Sequence[Path], subset: Sequence[Path]) -> List[int]:
+        """Rows of ``subset`` (in its order) in a one-view listing."""
         pos = {q: i for i, q in enumerate(paths)}
-        valid = cache.valid()
-        return [pos[q] for q in subset if valid[pos[q]]]
+        return [pos[q] for q in subset]
 
-    def _cached_source(self, ds: ImageFolderData, split: str, subset: Sequence[Path]) -> _CachedSource:
-        """Open (building it first if needed) the feature cache of all of ``ds``; the source serves ``subset``."""
+    @staticmethod
+    def _valid_rows(cache: FeatureCache, rows: Sequence[int]) -> List[int]:
+        """``rows`` without the images the cache found unreadable."""
+        valid = cache.valid()
+        return [r for r in rows if valid[r]]
+
+    def _cached_source(self, ds: ImageFolderData, split: str, rows: Sequence[int]) -> _CachedSource:
+        """Open (building it first if needed) the feature cache of all of ``ds``; the source serves ``rows``."""
         cfg, ctx, ext = self.cfg, self.ctx, self.ext
         fields = {"backbone": ext.spec.name, "weights_sha256": ext.info.weights_sha256, "layer": int(ext.layer),
                   "facet": ext.facet, "channel_order": ext.channel_order, "mean": list(ext.spec.mean),
                   "std": list(ext.spec.std), "imsize": cfg.imsize, "resize": cfg.resize, "downsample": cfg.downsample}
+        if isinstance(ds, ViewsData):
+            aug = cfg.augmentation
+            fields.update(views=ds.views, view_seed=ds.seed, augment=aug.color_jitter, hflip=aug.hflip,
+                          random_crop=aug.random_crop, scale_min=aug.scale_min)
         cache = FeatureCache(Path(cfg.cache_dir), fields, listing_digest(ds.paths), len(ds), ext.embed_dim,
                              ext.patch_size, cfg.imsize)
         built = 0
@@ -526,9 +569,9 @@ class Trainer:
             bar = self.bar(len(chunks), 0, f"cache {split}")
             t0 = time.time()
             for items, (targets, errors) in zip(chunks, src.iterate([[(i, 0) for i in c] for c in chunks])):
-                bad_idx = {str(ds.paths[i]): i for i in items}
-                bad = [(bad_idx[path], msg) for path, msg in errors]
-                ok = [i for i in items if i not in {b for b, _ in bad}]
+                why = dict(errors)  # path -> reason; every row (view) of an unreadable image is bad
+                bad = [(i, why[str(ds.paths[i])]) for i in items if str(ds.paths[i]) in why]
+                ok = [i for i in items if str(ds.paths[i]) not in why]
                 cache.write(ok, targets or {}, bad, ctx.rank)
                 bar.update(1)
             bar.close()
@@ -543,7 +586,7 @@ class Trainer:
         cache.open(writable=False)
         bad = cache.manifest().get("bad", {})
         self._note_skipped([(str(ds.paths[int(k)]), v) for k, v in bad.items()])
-        return _CachedSource(cache, self._rows(ds.paths, cache, subset), self.device)
+        return _CachedSource(cache, self._valid_rows(cache, rows), self.device)
 
     def _train_epoch(self, model, pairs, opt, scaler, src, plan: EpochPlan, start_b: int, step: int,
                      save_state: Callable[[int, int, int], None]) -> int:
