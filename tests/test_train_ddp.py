@@ -21,9 +21,10 @@ from torch import nn
 from liftkit.lift.checkpoint import load_lift
 from liftkit.lift.model import LiFT
 from liftkit.train.distributed import CrossRankBatchNorm2d, convert_batchnorm
+from tests.conftest import SHARED_DATA, require_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "data" / "imagenet-sample-images"
+SAMPLES = SHARED_DATA / "imagenet-sample-images"
 
 
 def _bn_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -85,8 +86,7 @@ def _train(args, out: Path, nproc: int):
 
 
 def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
-    if not SAMPLES.is_dir():
-        pytest.fail(f"real data folder {SAMPLES} is missing")
+    require_shared_data(SAMPLES)
     data = tmp_path / "imgs"
     data.mkdir()
     for n in sorted(p.name for p in SAMPLES.iterdir())[200:210]:

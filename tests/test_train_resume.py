@@ -19,15 +19,18 @@ import pytest
 import torch
 
 from liftkit.lift.checkpoint import load_lift
+from tests.conftest import SHARED_DATA, require_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "data" / "imagenet-sample-images"
+SAMPLES = SHARED_DATA / "imagenet-sample-images"
 
 
 def _run(args, extra_env=None):
+    """train_lift.py in a subprocess; ``--kill_*`` flags go to tests/kill_train.py, which installs kill callbacks."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.update(extra_env or {})
-    return subprocess.run([sys.executable, str(ROOT / "train_lift.py")] + args, cwd=ROOT, env=env,
+    script = "tests/kill_train.py" if any(a.startswith("--kill_") for a in args) else "train_lift.py"
+    return subprocess.run([sys.executable, str(ROOT / script)] + args, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -37,8 +40,7 @@ def _weights(out: Path):
 
 
 def test_sigkill_at_any_moment_then_resume_is_bit_identical(tmp_path):
-    if not SAMPLES.is_dir():
-        pytest.fail(f"real data folder {SAMPLES} is missing")
+    require_shared_data(SAMPLES)
     data = tmp_path / "imgs"
     data.mkdir()
     for n in sorted(p.name for p in SAMPLES.iterdir())[100:108]:
@@ -54,11 +56,11 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(tmp_path):
 
     run = tmp_path / "run"
     # 1) killed right after step 3 (its checkpoint of step 2 is the newest), mid-epoch
-    r = _run(args + ["--output_dir", str(run), "--num_workers", "0", "--_kill_after_steps", "3"])
+    r = _run(args + ["--output_dir", str(run), "--num_workers", "0", "--kill_after_steps", "3"])
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt")) == ["step_000000002.pt"]
     # 2) resumed, then killed between writing the checkpoint of step 6 and renaming it into place
-    r = _run(args + ["--output_dir", str(run), "--num_workers", "0", "--resume", "--_kill_in_save_at_step", "6"])
+    r = _run(args + ["--output_dir", str(run), "--num_workers", "0", "--resume", "--kill_in_save_at_step", "6"])
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert "resumed from" in r.stderr and "step 2)" in r.stderr
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))

@@ -13,9 +13,10 @@ from PIL import Image
 from extractor import ViTExtractor
 from liftkit.errors import IncompatibleLiftError
 from liftkit.lift.checkpoint import load_lift
+from tests.conftest import SHARED_DATA, require_shared_data
 from train_lift import main
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-images"
+SAMPLES = SHARED_DATA / "imagenet-sample-images"
 GRAY = "n02096051_Airedale.JPEG"  # a grayscale JPEG of the sample
 TINY = ["--model_type", "dino_vits16", "--random_init", "--imsize", "64", "--num_workers", "0", "--no_progress"]
 
@@ -30,8 +31,7 @@ def _link(dst: Path, names):
 
 
 def _samples(k, skip=0):
-    if not SAMPLES.is_dir():
-        pytest.fail(f"real data folder {SAMPLES} is missing")
+    require_shared_data(SAMPLES)
     return sorted(p.name for p in SAMPLES.iterdir() if p.name != GRAY)[skip:skip + k]
 
 

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from liftkit.lift.checkpoint import load_lift
-from liftkit.train.data import Augment, ImageFolderData, ViewsData, fit_square
+from liftkit.train.data import Augment, ImageFolderData, fit_square
+from liftkit.train.views import ViewsData
+from tests.conftest import SHARED_DATA
 from train_lift import main
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-images"
+SAMPLES = SHARED_DATA / "imagenet-sample-images"
 TINY = ["--model_type", "dino_vits16", "--random_init", "--imsize", "64", "--num_workers", "0", "--no_progress"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -9,8 +9,8 @@ r"""SPair-71k keypoint correspondence (PCK) of dense ViT features, several upsam
 Protocol (the LiFT paper's; see liftkit/eval/correspondence.py and docs/spair.md): each image is resized so its long
 side is --load_size (alias --imsize) and zero-padded to a square (keypoints and boxes moved alike); features of
 every method are L2-normalised and bilinearly upsampled to the image; each source keypoint's feature is matched to
-the most similar (cosine) target pixel; PCK@alpha counts matches closer than alpha * max(h, w) of the target box, per category and
-averaged over categories (the paper's number) and over keypoints. FLOPs (torch.utils.flop_counter) and time per
+the most similar (cosine) target pixel; PCK@alpha counts matches closer than alpha * max(h, w) of the target box,
+per category and averaged over categories (the paper's number) and over keypoints. FLOPs (torch.utils.flop_counter) and time per
 image of each method's feature extraction are reported alongside (every method but highres* shares one backbone pass
 per image; the time of a method is what it costs alone, backbone included).
 """

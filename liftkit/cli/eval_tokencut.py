@@ -1,4 +1,5 @@
-"""eval_tokencut.py (``liftkit-eval-tokencut`` once installed): single-object discovery with TokenCut on dense ViT features, scored by CorLoc.
+"""eval_tokencut.py (``liftkit-eval-tokencut`` once installed): single-object discovery with TokenCut on dense ViT
+features, scored by CorLoc.
 
 For every image: features by each ``--methods`` entry (backbone grid ``low``, its ``bilinear`` 2x upsampling, or
 ``lift``), TokenCut on that grid (:mod:`liftkit.eval.tokencut`), the box scaled to the original image, and whether

@@ -1,19 +1,19 @@
 """The flags every command shares, declared once: one name and one meaning per concept, old spellings as aliases.
 
-| concept | flag | aliases (kept) |
-|---|---|---|
-| dataset folder | ``--data_root`` | ``--data_path``, ``--dataroot`` |
-| input images | ``--image_path`` | ``--data_root``, ``--data_path``, ``--dataroot`` |
-| backbone | ``--model_type --backbone_weights --offline --random_init --layer --facet --channel_order`` | |
-| LiFT file | ``--lift_path auto|none|FILE`` (every command) | |
-| methods | ``--methods low,bilinear,lift,...`` parsed once into a plan | |
-| input size | ``--load_size N`` + ``--resize_mode`` | ``--imsize`` (eval_spair, eval_tokencut), ``--short_side N``, ``--square_resize N`` (eval_davis) |
-| runtime | ``--device auto|cpu|cuda[:N]``, ``--dtype``, ``--quiet`` (no progress bars), ``--log_level`` | |
-| outputs | ``--output_dir``, ``--output_json`` | |
+* dataset folder: ``--data_root`` (aliases ``--data_path``, ``--dataroot``);
+* input images: ``--image_path`` (aliases ``--data_root``, ``--data_path``, ``--dataroot``);
+* backbone: ``--model_type --backbone_weights --offline --random_init --layer --facet --channel_order``;
+* LiFT file: ``--lift_path auto|none|FILE`` (every command that applies a LiFT);
+* methods: ``--methods low,bilinear,lift,...``, parsed once into a plan (:mod:`liftkit.methods`);
+* input size: ``--load_size N`` + ``--resize_mode`` (aliases: ``--imsize`` in eval_spair, eval_tokencut and
+  train_lift; ``--resize`` in train_lift; ``--short_side N``, ``--square_resize N`` in eval_davis);
+* runtime: ``--device auto|cpu|cuda[:N]``, ``--dtype``, ``--quiet`` (no progress bars; alias ``--no_progress`` in
+  train_lift), ``--log_level``;
+* outputs: ``--output_dir``, ``--output_json``.
 
 ``--load_size`` is the size the image is fed at, read by ``--resize_mode``: ``short`` (short side to N, both sides
-rounded to multiples of the patch), ``square`` (N x N) or ``pad`` (eval_spair: long side to N, zero-padded to an
-N x N square).
+rounded to multiples of the patch), ``square`` (N x N), ``pad`` (eval_spair: long side to N, zero-padded to an
+N x N square), ``crop`` / ``squash`` (train_lift: the S x S training crop, or the whole image squashed to it).
 """
 
 from __future__ import annotations
@@ -68,13 +68,14 @@ def add_lift_args(parser, methods_default: Optional[str] = None) -> None:
 
 
 def add_size_args(parser, default: Optional[int], modes: Sequence[str], help: str, imsize_alias: bool = False,
-                  davis_aliases: bool = False) -> None:
+                  davis_aliases: bool = False, resize_alias: bool = False) -> None:
     """``--load_size`` and ``--resize_mode`` (see the module docstring); the aliases where they exist today."""
     g = parser.add_argument_group("input size")
     flags = ["--load_size"] + (["--imsize"] if imsize_alias else [])
     g.add_argument(*flags, dest="load_size", type=int, default=default,
                    help=help + (" (alias: --imsize)" if imsize_alias else ""))
-    g.add_argument("--resize_mode", choices=tuple(modes), default=modes[0], help=f"default {modes[0]}")
+    g.add_argument("--resize_mode", *(["--resize"] if resize_alias else []), dest="resize_mode", choices=tuple(modes),
+                   default=modes[0], help=f"default {modes[0]}" + (" (alias: --resize)" if resize_alias else ""))
     if davis_aliases:
         g.add_argument("--short_side", type=int, action=_SizeAlias, mode="short", metavar="N",
                        help="same as --load_size N --resize_mode short")
@@ -93,11 +94,15 @@ class _SizeAlias(argparse.Action):
         namespace.load_size, namespace.resize_mode = values, self.mode
 
 
-def add_runtime_args(parser, device_default: str = "auto") -> None:
+def add_runtime_args(parser, device_default: str = "auto", dtype: bool = True,
+                     quiet_aliases: Sequence[str] = ()) -> None:
+    """``--device``, ``--dtype`` (not for training, which has ``--amp``), ``--quiet``, ``--log_level``."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default=device_default, help="auto (cuda if available; default), cpu, cuda, cuda:1")
-    g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype (outputs are float32)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    if dtype:
+        g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype (outputs are float32)")
+    g.add_argument("--quiet", *quiet_aliases, dest="quiet", action="store_true",
+                   help="no progress bars" + (f" (alias: {', '.join(quiet_aliases)})" if quiet_aliases else ""))
     g.add_argument("--log_level", choices=("debug", "info", "warning", "error"), default="info")
 
 

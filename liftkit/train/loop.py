@@ -13,41 +13,32 @@ so on CPU a run killed at any moment and resumed ends bit-identical to an uninte
 Several processes (torchrun): ``--batch_size`` is the global batch; each process takes a contiguous slice of every
 global batch, gradients are averaged by DistributedDataParallel and BatchNorm statistics span the global batch
 (:mod:`liftkit.train.distributed`). Rank 0 alone writes checkpoints, LiFT files and the log.
+
+The pieces: settings in :mod:`liftkit.train.config`, target sources in :mod:`liftkit.train.sources`, the run log in
+:mod:`liftkit.train.runlog`, checkpoint writing and resuming in :mod:`liftkit.train.restore`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from liftkit.backbones.specs import get_spec
-from liftkit.device import resolve_device
 from liftkit.errors import CheckpointError, ConfigError, LiftKitError
 from liftkit.lift.checkpoint import LiftMeta, save_lift
-from liftkit.lift.model import ATTEND_PRIORS, HEADS, LiFT
+from liftkit.lift.model import LiFT
+from liftkit.specs import get_spec
+from liftkit.device import resolve_device
 from liftkit.train import checkpointing as ckpt
-from liftkit.train.data import (
-    DOWNSAMPLE_MODES,
-    RESIZE_POLICIES,
-    Augment,
-    EpochPlan,
-    ImageFolderData,
-    ViewsData,
-    collate_images,
-    find_images,
-    listing_digest,
-    screen_images,
-    split_train_val,
-)
+from liftkit.train import restore
+from liftkit.train.config import AMP_MODES, TrainConfig, TrainHooks, validate_config  # noqa: F401 (re-exported)
+from liftkit.train.data import Augment, EpochPlan, ImageFolderData, listing_digest
+from liftkit.train.views import ViewsData
 from liftkit.train.distributed import (
     all_reduce_,
     barrier,
@@ -57,195 +48,11 @@ from liftkit.train.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from liftkit.train.feature_cache import FeatureCache
-from liftkit.train.objective import (LOSSES, LiftPairs, PairMetrics, TargetMeans, Targets, make_targets, pair_losses,
-                                     validate_batch)
-
-AMP_MODES = ("none", "bf16", "fp16")
-# one batch from a target source: the targets (None when no image of it was readable) and [(path, reason)] skipped
-Batch = Tuple[Optional[Targets], List[Tuple[str, str]]]
-
-
-@dataclass
-class TrainConfig:
-    """Resolved training settings (the script's flags; see ``train_lift.py --help``)."""
-
-    data_root: str
-    output_dir: str = "runs/lift"
-    model_type: str = "dinov2_vits14_imgfocus"
-    layer: int = -1
-    facet: str = "key"
-    channel_order: str = "dim_major"
-    backbone_weights: Optional[str] = None
-    offline: bool = False
-    random_init: bool = False
-    imsize: int = 448
-    resize: str = "crop"
-    downsample: str = "antialias"
-    loss: str = "cosine"
-    residual: bool = False  # legacy spelling of head="residual"
-    head: str = "plain"  # plain | residual | attend (liftkit.lift.model.HEADS)
-    head_kernel: int = 3  # attend head: k x k neighbourhood
-    head_prior: str = "bilinear"  # attend head: prior of its logits
-    lr: float = 1e-3
-    epochs: int = 5
-    batch_size: int = 8
-    save_every: int = 100
-    keep_checkpoints: int = 3
-    seed: int = 0
-    augment: bool = False
-    hflip: bool = False
-    random_crop: bool = False
-    scale_min: float = 1.0  # zoom augmentation: the crop covers [scale_min, 1] of the short side
-    cache_views: int = 1  # views per image in the feature cache (view 0 plain, the others augmented)
-    val_fraction: float = 0.05
-    val_root: Optional[str] = None
-    limit: Optional[int] = None
-    cache_dir: Optional[str] = None
-    device: str = "auto"
-    amp: str = "none"
-    num_workers: int = 2
-    threads: int = 0  # torch CPU threads, applied by the script (0 = torch's default); recorded for the record
-    resume: bool = False
-    # test hooks (hidden flags): SIGKILL this process after optimiser step N / between the write and the rename of
-    # the checkpoint of step N
-    kill_after_steps: Optional[int] = None
-    kill_in_save_at_step: Optional[int] = None
-
-    @property
-    def augmentation(self) -> Augment:
-        return Augment(color_jitter=self.augment, hflip=self.hflip, random_crop=self.random_crop,
-                       scale_min=self.scale_min)
-
-    @property
-    def lift_head(self) -> str:
-        return "residual" if self.residual and self.head == "plain" else self.head
-
-
-class _NullBar:
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix_str(self, s: str) -> None: ...
-    def close(self) -> None: ...
-
-
-# (total, initial, description) -> a bar with update(n), set_postfix_str(s), close()
-ProgressFactory = Callable[[int, int, str], Any]
-
-
-class JsonlLog:
-    """Append-only JSON-lines log (one object per line, flushed per line)."""
-
-    def __init__(self, path: Optional[Path]):
-        self.path = path
-
-    def write(self, event: str, **fields: Any) -> None:
-        if self.path is None:
-            return
-        rec = {"event": event, "time": round(time.time(), 3), **fields}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(_json_safe(rec), sort_keys=False) + "\n")
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def validate_config(cfg: TrainConfig, world: int = 1) -> None:
-    """Cheap checks of the flags, before anything heavy is loaded (one-line ConfigError each)."""
-    p = get_spec(cfg.model_type).patch_size
-    if cfg.imsize <= 0 or cfg.imsize % (4 * p):
-        ok = max(4 * p, (cfg.imsize // (4 * p)) * 4 * p)
-        raise ConfigError(
-            f"--imsize {cfg.imsize} does not fit the {p}-px patch of {cfg.model_type}: S/4 must be a whole number of "
-            f"patches, so S must be a multiple of 4*{p}={4 * p} (e.g. {ok} or {ok + 4 * p})"
-        )
-    checks = [
-        (cfg.loss in LOSSES, f"unknown --loss '{cfg.loss}'; choose one of: {', '.join(LOSSES)}"),
-        (cfg.downsample in DOWNSAMPLE_MODES,
-         f"unknown --downsample '{cfg.downsample}'; choose one of: {', '.join(DOWNSAMPLE_MODES)}"),
-        (cfg.resize in RESIZE_POLICIES,
-         f"unknown --resize '{cfg.resize}'; choose one of: {', '.join(RESIZE_POLICIES)}"),
-        (cfg.amp in AMP_MODES, f"unknown --amp '{cfg.amp}'; choose one of: {', '.join(AMP_MODES)}"),
-        (cfg.epochs >= 1, f"--epochs {cfg.epochs} must be at least 1"),
-        (cfg.batch_size >= 1, f"--batch_size {cfg.batch_size} must be at least 1"),
-        (cfg.lr > 0, f"--lr {cfg.lr} must be positive"),
-        (cfg.save_every >= 0, f"--save_every {cfg.save_every} must be >= 0 (0 = only at the end of each epoch)"),
-        (cfg.seed >= 0, f"--seed {cfg.seed} must be >= 0"),
-        (cfg.num_workers >= 0, f"--num_workers {cfg.num_workers} must be >= 0"),
-        (cfg.threads >= 0, f"--threads {cfg.threads} must be >= 0"),
-        (0.0 <= cfg.val_fraction < 1.0, f"--val_fraction {cfg.val_fraction} must be in [0, 1)"),
-        (cfg.batch_size % world == 0, f"--batch_size {cfg.batch_size} (the global batch) must be divisible by the "
-                                      f"{world} processes"),
-        (not (cfg.cache_dir and cfg.augmentation.any and cfg.cache_views < 2),
-         "--cache_dir with one view per image stores un-augmented targets and cannot be combined with "
-         "--augment/--hflip/--random_crop/--scale_min; pass --cache_views N (N >= 2) or drop the augmentation"),
-        (cfg.cache_views >= 1, f"--cache_views {cfg.cache_views} must be at least 1"),
-        (cfg.cache_views == 1 or (cfg.cache_dir and cfg.augmentation.any),
-         f"--cache_views {cfg.cache_views} needs --cache_dir and an augmentation (--random_crop, --scale_min, "
-         "--hflip or --augment)"),
-        (0.1 <= cfg.scale_min <= 1.0, f"--scale_min {cfg.scale_min} must be in [0.1, 1]"),
-        (cfg.lift_head in HEADS, f"unknown --head '{cfg.head}'; choose one of: {', '.join(HEADS)}"),
-        (cfg.head_kernel >= 3 and cfg.head_kernel % 2 == 1 and cfg.head_kernel <= 9,
-         f"--head_kernel {cfg.head_kernel} must be odd and in 3..9"),
-        (cfg.head_prior in ATTEND_PRIORS,
-         f"unknown --head_prior '{cfg.head_prior}'; choose one of: {', '.join(ATTEND_PRIORS)}"),
-        (not (cfg.residual and cfg.head not in ("plain", "residual")),
-         f"--residual contradicts --head {cfg.head}; drop --residual"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-
-
-# --------------------------------------------------------------------------------------------- target sources
-class _CachedSource:
-    """Targets read from a :class:`FeatureCache`; ``rows`` maps dataset positions to cache rows."""
-
-    def __init__(self, cache: FeatureCache, rows: Sequence[int], device: torch.device):
-        self.cache, self.rows, self.device = cache, list(rows), device
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def iterate(self, batches: List[List[Tuple[int, int]]]) -> Iterator[Batch]:
-        for items in batches:
-            yield self.cache.gather([self.rows[i] for i, _ in items], self.device), []
-
-
-class _LiveSource:
-    """Targets computed now: images decoded by a DataLoader, three backbone passes per batch."""
-
-    def __init__(self, dataset: ImageFolderData, rows: Sequence[int], extract: Callable, downsample: str,
-                 device: torch.device, num_workers: int, autocast: Callable):
-        self.dataset, self.rows, self.extract = dataset, list(rows), extract
-        self.downsample, self.device, self.num_workers, self.autocast = downsample, device, num_workers, autocast
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def iterate(self, batches: List[List[Tuple[int, int]]]) -> Iterator[Batch]:
-        mapped = [[(self.rows[i], s) for i, s in items] for items in batches]
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=mapped, collate_fn=collate_images, num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-        )
-        for batch in loader:
-            errors = [(str(self.dataset.paths[i]), msg) for i, msg in batch["errors"]]
-            if batch["image"] is None:
-                yield None, errors
-                continue
-            images = batch["image"].to(self.device, non_blocking=True)
-            with self.autocast():
-                targets = make_targets(self.extract, images, self.downsample)
-            yield {k: v.float() for k, v in targets.items()}, errors
+from liftkit.train.objective import LiftPairs, PairMetrics, TargetMeans, pair_losses, validate_batch
+from liftkit.train.runlog import JsonlLog, NullBar, ProgressFactory, json_safe
+from liftkit.train.sources import (
+    CachedSource, LiveSource, cached_source, list_training_images, path_rows, valid_rows,
+)
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -270,11 +77,16 @@ class Trainer:
         extractor_factory: builds the frozen backbone, ``(cfg, device) -> ViTExtractor``-like object with
             ``extract_descriptors``, ``embed_dim``, ``patch_size``, ``layer``, ``facet``, ``channel_order``, ``spec``
             and ``info`` (the script passes ``extractor.ViTExtractor``; the library does not import the facade).
+        hooks: callbacks into the run (:class:`~liftkit.train.config.TrainHooks`; tests install them).
+        provenance: what started the run (command, version, git commit, arguments): logged and kept in LiFT files.
     """
 
     def __init__(self, cfg: TrainConfig, extractor_factory: Callable[[TrainConfig, torch.device], Any],
-                 say: Callable[[str], None] = lambda s: None, progress: Optional[ProgressFactory] = None):
+                 say: Callable[[str], None] = lambda s: None, progress: Optional[ProgressFactory] = None,
+                 hooks: Optional[TrainHooks] = None, provenance: Optional[Dict[str, Any]] = None):
         self.cfg = cfg
+        self.provenance = provenance or {}
+        self.hooks = hooks or TrainHooks()
         self.extractor_factory = extractor_factory
         self._say = say
         self._progress = progress
@@ -288,7 +100,7 @@ class Trainer:
     def bar(self, total: int, initial: int, desc: str):
         if self.ctx.is_main and self._progress is not None:
             return self._progress(total, initial, desc)
-        return _NullBar()
+        return NullBar()
 
     def autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
@@ -358,30 +170,11 @@ class Trainer:
         self._on_main(self._prepare_output)
         barrier(ctx)
         self.log = JsonlLog(out / "log.jsonl" if ctx.is_main else None)
-        self.log.write("config", args=asdict(cfg), world_size=ctx.world, device=str(self.device))
+        self.log.write("config", args=asdict(cfg), world_size=ctx.world, device=str(self.device), run=self.provenance)
 
         # ---- data
         p = get_spec(cfg.model_type).patch_size
-        listed = find_images(Path(cfg.data_root), cfg.limit)
-        usable, bad = screen_images(listed, p)
-        if not usable:
-            raise ConfigError(f"none of the {len(listed)} image files under '{cfg.data_root}' can be used (first: "
-                              f"{bad[0][0]}: {bad[0][1]}); check the folder")
-        if cfg.val_root:
-            val_listed = find_images(Path(cfg.val_root), cfg.limit, flag="--val_root")
-            val_paths, bad_val = screen_images(val_listed, p)
-            bad = bad + bad_val
-            held = {q.resolve() for q in val_listed}
-            train_paths = [q for q in usable if q.resolve() not in held]
-            if len(train_paths) < len(usable):
-                self.say(f"{len(usable) - len(train_paths)} images of --data_root are also under --val_root: "
-                         "they are used for validation only")
-            if not train_paths:
-                raise ConfigError(f"every usable image of --data_root '{cfg.data_root}' is also under --val_root; "
-                                  "give disjoint folders")
-        else:
-            # the split is made on the usable images, so the validation set has the requested size
-            train_paths, val_paths = split_train_val(usable, cfg.val_fraction, cfg.seed)
+        listed, usable, bad, train_paths, val_paths = list_training_images(cfg, p, self.say)
         self._note_skipped([(str(a), b) for a, b in bad])
         summary = {"data_root": str(cfg.data_root), "val_root": str(cfg.val_root or ""), "n_listed": len(listed),
                    "n_train": len(train_paths), "n_val": len(val_paths), "n_skipped_at_scan": len(bad),
@@ -416,22 +209,22 @@ class Trainer:
             if cfg.cache_views > 1:  # row = view of an image; validation reads view 0 (the plain input) only
                 all_ds = ViewsData(usable, cfg.imsize, ext.spec.mean, ext.spec.std, p, cfg.resize, aug,
                                    cfg.cache_views, cfg.seed)
-                train_src = self._cached_source(all_ds, "data_root", all_ds.rows(train_paths))
-                val_src = _CachedSource(train_src.cache, self._valid_rows(train_src.cache, all_ds.rows(
+                train_src = cached_source(self, all_ds, "data_root", all_ds.rows(train_paths))
+                val_src = CachedSource(train_src.cache, valid_rows(train_src.cache, all_ds.rows(
                     val_paths, all_views=False)), self.device) if val_paths and not cfg.val_root else None
             else:
                 all_ds = ImageFolderData(usable, cfg.imsize, ext.spec.mean, ext.spec.std, p, cfg.resize, Augment())
-                train_src = self._cached_source(all_ds, "data_root", self._path_rows(all_ds.paths, train_paths))
+                train_src = cached_source(self, all_ds, "data_root", path_rows(all_ds.paths, train_paths))
                 val_src = None
                 if val_paths and not cfg.val_root:
-                    val_src = _CachedSource(train_src.cache, self._valid_rows(
-                        train_src.cache, self._path_rows(all_ds.paths, val_paths)), self.device)
+                    val_src = CachedSource(train_src.cache, valid_rows(
+                        train_src.cache, path_rows(all_ds.paths, val_paths)), self.device)
             if val_paths and cfg.val_root:
-                val_src = self._cached_source(val_ds, "val_root", self._path_rows(val_ds.paths, val_paths))
+                val_src = cached_source(self, val_ds, "val_root", path_rows(val_ds.paths, val_paths))
         else:
-            train_src = _LiveSource(train_ds, range(len(train_paths)), ext.extract_descriptors, cfg.downsample,
+            train_src = LiveSource(train_ds, range(len(train_paths)), ext.extract_descriptors, cfg.downsample,
                                     self.device, cfg.num_workers, self.autocast)
-            val_src = _LiveSource(val_ds, range(len(val_paths)), ext.extract_descriptors, cfg.downsample,
+            val_src = LiveSource(val_ds, range(len(val_paths)), ext.extract_descriptors, cfg.downsample,
                                   self.device, cfg.num_workers, self.autocast) if val_paths else None
         n_rows = len(train_src)
         if n_rows < cfg.batch_size:
@@ -450,48 +243,11 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
         epoch, batch_in_epoch, step, last_val = 0, 0, 0, {}
         if cfg.resume:
-            for t in ckpt.temp_files(ckpt_dir):
-                if ctx.is_main:
-                    t.unlink(missing_ok=True)
-                    self.say(f"removed the leftover temporary file {t.name} of an interrupted checkpoint write")
-            path, state, notes = ckpt.find_latest(ckpt_dir)
-            for n in notes:
-                self.say(f"warning: {n}; using an older checkpoint")
-            if state is None:
-                self.say(f"--resume: no checkpoint in '{ckpt_dir}', starting from scratch")
-            else:
-                ckpt.check_identity(state["identity"], identity, path)
-                pairs.lift.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr
-                if state.get("scaler") and scaler.is_enabled():
-                    scaler.load_state_dict(state["scaler"])
-                epoch, batch_in_epoch, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-                extra = json.loads(state.get("extra", "{}"))
-                last_val = extra.get("val", {})
-                for k, v in extra.get("skipped", {}).items():
-                    self.skipped.setdefault(k, v)
-                ckpt.restore_rng_state(state["rng"])
-                self.log.write("resume", checkpoint=str(path), epoch=epoch, batch=batch_in_epoch, step=step)
-                self.say(f"resumed from {path} (epoch {epoch + 1}, batch {batch_in_epoch}, step {step})")
+            epoch, batch_in_epoch, step, last_val = restore.resume(self, ckpt_dir, identity, pairs, opt, scaler)
         model = ddp_wrap(pairs, ctx, self.device)
 
         def save_state(ep: int, b: int, st: int) -> None:
-            if not ctx.is_main:
-                return
-            hook = None
-            if cfg.kill_in_save_at_step is not None and st == cfg.kill_in_save_at_step:
-                hook = lambda tmp: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731 - test hook
-            state = {
-                "format": ckpt.STATE_FORMAT, "identity": identity,
-                "model": {k: v.detach().cpu() for k, v in pairs.lift.state_dict().items()},
-                "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "epoch": ep, "batch": b, "step": st, "rng": ckpt.capture_rng_state(),
-                "extra": json.dumps(_json_safe({"val": last_val, "skipped": self.skipped, "world": ctx.world})),
-            }
-            ckpt.atomic_torch_save(state, ckpt.checkpoint_path(ckpt_dir, st), before_replace=hook)
-            ckpt.prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+            restore.save_state(self, ckpt_dir, identity, pairs, opt, scaler, ep, b, st, last_val)
 
         # ---- epochs
         meta_base = dict(
@@ -525,68 +281,11 @@ class Trainer:
     # ------------------------------------------------------------------ pieces
     def _train_config(self, summary: Dict[str, Any], epochs_done: int, step: int,
                       val: Dict[str, float]) -> Dict[str, Any]:
-        args = {k: v for k, v in asdict(self.cfg).items() if not k.startswith("kill_")}
+        args = asdict(self.cfg)
         means = {k: [round(float(x), 6) for x in v.flatten()] for k, v in self.centers.items()}
-        return _json_safe({"args": args, "data": dict(summary, n_skipped=len(self.skipped)),
+        return json_safe({"args": args, "data": dict(summary, n_skipped=len(self.skipped)),
                            "epochs_done": epochs_done, "steps": step, "val": val, "world_size": self.ctx.world,
-                           "target_mean": means})
-
-    @staticmethod
-    def _path_rows(paths: Sequence[Path], subset: Sequence[Path]) -> List[int]:
-        """Rows of ``subset`` (in its order) in a one-view listing."""
-        pos = {q: i for i, q in enumerate(paths)}
-        return [pos[q] for q in subset]
-
-    @staticmethod
-    def _valid_rows(cache: FeatureCache, rows: Sequence[int]) -> List[int]:
-        """``rows`` without the images the cache found unreadable."""
-        valid = cache.valid()
-        return [r for r in rows if valid[r]]
-
-    def _cached_source(self, ds: ImageFolderData, split: str, rows: Sequence[int]) -> _CachedSource:
-        """Open (building it first if needed) the feature cache of all of ``ds``; the source serves ``rows``."""
-        cfg, ctx, ext = self.cfg, self.ctx, self.ext
-        fields = {"backbone": ext.spec.name, "weights_sha256": ext.info.weights_sha256, "layer": int(ext.layer),
-                  "facet": ext.facet, "channel_order": ext.channel_order, "mean": list(ext.spec.mean),
-                  "std": list(ext.spec.std), "imsize": cfg.imsize, "resize": cfg.resize, "downsample": cfg.downsample}
-        if isinstance(ds, ViewsData):
-            aug = cfg.augmentation
-            fields.update(views=ds.views, view_seed=ds.seed, augment=aug.color_jitter, hflip=aug.hflip,
-                          random_crop=aug.random_crop, scale_min=aug.scale_min)
-        cache = FeatureCache(Path(cfg.cache_dir), fields, listing_digest(ds.paths), len(ds), ext.embed_dim,
-                             ext.patch_size, cfg.imsize)
-        built = 0
-        if not cache.is_complete():
-            self._on_main(cache.create)
-            barrier(ctx)
-            cache.open(writable=True)
-            chunks = cache.pending_chunks(cfg.batch_size, ctx.rank, ctx.world)
-            built = sum(len(c) for c in chunks)
-            n_all = sum(len(c) for c in cache.pending_chunks(cfg.batch_size))
-            self.say(f"feature cache ({split}): computing the backbone targets of {n_all} images into {cache.dir}")
-            src = _LiveSource(ds, range(len(ds)), ext.extract_descriptors, cfg.downsample, self.device,
-                              cfg.num_workers, self.autocast)
-            bar = self.bar(len(chunks), 0, f"cache {split}")
-            t0 = time.time()
-            for items, (targets, errors) in zip(chunks, src.iterate([[(i, 0) for i in c] for c in chunks])):
-                why = dict(errors)  # path -> reason; every row (view) of an unreadable image is bad
-                bad = [(i, why[str(ds.paths[i])]) for i in items if str(ds.paths[i]) in why]
-                ok = [i for i in items if str(ds.paths[i]) not in why]
-                cache.write(ok, targets or {}, bad, ctx.rank)
-                bar.update(1)
-            bar.close()
-            barrier(ctx)
-            self._on_main(cache.finalize)
-            barrier(ctx)
-            self.log.write("cache_built", split=split, dir=str(cache.dir), images=n_all,
-                           seconds=round(time.time() - t0, 2))
-        else:
-            self.log.write("cache_reused", split=split, dir=str(cache.dir), images=len(ds))
-            self.say(f"feature cache ({split}): reusing {cache.dir}")
-        cache.open(writable=False)
-        bad = cache.manifest().get("bad", {})
-        self._note_skipped([(str(ds.paths[int(k)]), v) for k, v in bad.items()])
-        return _CachedSource(cache, self._valid_rows(cache, rows), self.device)
+                           "target_mean": means, "run": self.provenance})
 
     def _train_epoch(self, model, pairs, opt, scaler, src, plan: EpochPlan, start_b: int, step: int,
                      save_state: Callable[[int, int, int], None]) -> int:
@@ -624,8 +323,8 @@ class Trainer:
                 self.log.write("step_skipped", epoch=plan.epoch + 1, batch=b + 1, step=step,
                                reason="a process had no readable image in its part of the batch")
             bar.update(1)
-            if cfg.kill_after_steps is not None and step == cfg.kill_after_steps:
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die mid-run, no cleanup
+            if self.hooks.after_step is not None:
+                self.hooks.after_step(step)
             if cfg.save_every and step % cfg.save_every == 0 and b + 1 < plan.num_batches:
                 self._gather_errors(new_errors)
                 new_errors = []
@@ -689,7 +388,7 @@ class Trainer:
     def _target_means(self, src, channels: int) -> Dict[str, torch.Tensor]:
         """Mean target features over the training images (all of them from a cache, the first
         :attr:`MEAN_IMAGES_LIVE` otherwise); the same on every process, so deterministic across resumes."""
-        n = len(src) if isinstance(src, _CachedSource) else min(len(src), self.MEAN_IMAGES_LIVE)
+        n = len(src) if isinstance(src, CachedSource) else min(len(src), self.MEAN_IMAGES_LIVE)
         bsz = max(1, self.cfg.batch_size)
         means = TargetMeans(channels)
         for targets, _ in src.iterate([[(i, 0) for i in range(s, min(n, s + bsz))] for s in range(0, n, bsz)]):

@@ -1,0 +1,6 @@
+"""The backbone table lives in :mod:`liftkit.specs` (below ``weights/`` and ``backbones/``, so that neither package
+imports the other's parent); this name is kept for existing imports."""
+
+from liftkit.specs import (  # noqa: F401
+    BACKBONES, DEFAULT_BACKBONE, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, BackboneSpec, get_spec,
+)

@@ -1,0 +1,295 @@
+"""eval_tokencut.py (``liftkit-eval-tokencut`` once installed): single-object discovery with TokenCut on dense ViT
+features, scored by CorLoc.
+
+For every image: features by each ``--methods`` entry (backbone grid ``low``, its ``bilinear`` 2x upsampling, or
+``lift``), TokenCut on that grid (:mod:`liftkit.eval.tokencut`), the box scaled to the original image, and whether
+it has IoU >= 0.5 with any ground-truth box (CorLoc). Images are fed at their own resolution (each side rounded to a
+multiple of the patch size), as TokenCut does, unless ``--load_size`` (alias ``--imsize``) resizes the short side
+(``--resize_mode square``: to N x N). All methods of an image come from one backbone pass (plus one per highres*).
+
+Examples::
+
+    python eval_tokencut.py --dataset voc07 --data_root VOCdevkit/VOC2007 --methods low,bilinear,lift \\
+        --output_json tokencut_voc07.json
+    python eval_tokencut.py --dataset coco20k --data_root COCO/train2017 \\
+        --annotations COCO/annotations/instances_train2017.json --coco20k_list COCO/coco_20k_filenames.txt
+    python eval_tokencut.py --dataset folder --data_root my_images --methods lift --save_vis vis/
+
+Exit status: 0 when every image was processed, 1 when some image or method failed (listed at the end), 2 when
+nothing could start (bad flag, data set or weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from liftkit.cli import options
+from liftkit.cli.runner import ItemFailures, Run, run_command
+from liftkit.data.boxes import AnnotatedImage, BoxDataset
+from liftkit.data.coco import load_coco, read_coco20k_list
+from liftkit.data.image_io import list_images, load_image
+from liftkit.data.voc import load_voc
+from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitError
+from liftkit.eval.boxes import CORLOC_IOU, best_iou, draw_boxes
+from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
+
+COMMAND = "eval_tokencut"
+DATASETS = ("voc07", "voc12", "coco20k", "coco", "folder")
+DEFAULT_TAU = {"voc07": 0.2, "voc12": 0.2, "coco20k": 0.3, "coco": 0.3, "folder": 0.2}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eval_tokencut.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=True, choices=DATASETS)
+    options.add_data_root(g, help="VOC: VOCdevkit/VOC2007 (or VOC2012); coco/coco20k: the image folder; folder: any "
+                          "folder", type=Path)
+    g.add_argument("--set", default="trainval", help="VOC ImageSets/Main/<set>.txt (default trainval, the CorLoc "
+                   "split); every annotated image when that file is absent")
+    g.add_argument("--annotations", type=Path, help="COCO instances JSON (coco, coco20k)")
+    g.add_argument("--coco20k_list", type=Path, help="coco_20k_filenames.txt (coco20k)")
+    g.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    g.add_argument("--skip_bad", action="store_true",
+                   help="skip and count bad items (missing/empty annotations, unreadable images) instead of failing")
+    options.add_backbone_args(p)
+    options.add_lift_args(p, "low,bilinear,lift")
+    options.add_size_args(p, None, ("short", "square"), "resize the short side to this (default: the image's own "
+                          "size, rounded to the patch)", imsize_alias=True)
+    g = p.add_argument_group("TokenCut")
+    g.add_argument("--tau", type=float, default=None, help="affinity threshold (default 0.2 VOC/folder, 0.3 COCO)")
+    g.add_argument("--eps", type=float, default=DEFAULT_EPS, help="weight of edges below tau")
+    g.add_argument("--solver", default="auto", choices=SOLVERS,
+                   help="dense: scipy eigh (reference); sparse: matrix-free Lanczos; auto: by grid size")
+    options.add_output_args(p, None, "folder for tokencut.json (when --output_json is not given)",
+                            "write every box and figure here")
+    p.add_argument_group("output").add_argument("--save_vis", type=Path, default=None,
+                                                help="folder for <image>_<method>.jpg with the boxes")
+    options.add_runtime_args(p)
+    return p
+
+
+def load_dataset(args: argparse.Namespace) -> BoxDataset:
+    """The :class:`BoxDataset` the flags describe (raises DatasetError / ConfigError)."""
+    root = args.data_root
+    if args.dataset in ("voc07", "voc12"):
+        return load_voc(root, args.set, skip_bad=args.skip_bad, name=args.dataset)
+    if args.dataset in ("coco", "coco20k"):
+        if args.annotations is None:
+            raise ConfigError(f"--dataset {args.dataset} needs --annotations (a COCO instances JSON)")
+        names = None
+        if args.dataset == "coco20k":
+            if args.coco20k_list is None:
+                raise ConfigError("--dataset coco20k needs --coco20k_list (coco_20k_filenames.txt)")
+            names = read_coco20k_list(args.coco20k_list)
+        return load_coco(args.annotations, root, names, skip_bad=args.skip_bad, name=args.dataset)
+    if not root.is_dir():
+        raise DatasetError(f"--data_root '{root}' is not a folder")
+    paths = list_images([root])
+    if not paths:
+        raise DatasetError(f"--data_root '{root}' holds no images")
+    images = [AnnotatedImage(name=str(q.relative_to(root).with_suffix("")), image_path=q, width=0, height=0)
+              for q in paths]
+    return BoxDataset(name="folder", images=images, has_ground_truth=False)
+
+
+def read_dataset_image(item: AnnotatedImage, min_side: int, has_gt: bool) -> Image.Image:
+    """The RGB image. Annotated images are read as stored (no EXIF rotation, like the annotations and the official
+    code) and must have the annotated size; folder images go through the robust loader (EXIF applied)."""
+    if not has_gt:
+        return load_image(item.image_path, min_side=min_side)
+    try:
+        with Image.open(item.image_path) as im:
+            pil = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"'{item.image_path}' cannot be read ({exc}); re-download or remove it") from None
+    if pil.size != (item.width, item.height):
+        raise ImageLoadError(f"'{item.image_path}' is {pil.size[0]}x{pil.size[1]} but its annotation says "
+                             f"{item.width}x{item.height}; the image and annotation do not match")
+    if min(pil.size) < min_side:
+        raise ImageLoadError(f"'{item.image_path}' is smaller than the {min_side}-px patch")
+    return pil
+
+
+def _fmt_box(b) -> List[float]:
+    return [round(float(v), 3) for v in b]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command(COMMAND, build_parser(), argv, _run)
+
+
+def _run(args, run: Run) -> None:
+    log = run.log
+    plan = options.methods_plan(args.methods)
+    methods = [m.name for m in plan]
+    tau = DEFAULT_TAU[args.dataset] if args.tau is None else args.tau
+    log.info(f"tau {tau:g} ({'--tau' if args.tau is not None else 'default of ' + args.dataset})")
+    if not 0 < args.eps < 1:
+        raise ConfigError(f"--eps {args.eps} must be in (0, 1)")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit} must be at least 1")
+    dataset = load_dataset(args)
+    if args.limit is not None:
+        dataset.images = dataset.images[:args.limit]
+    if not dataset.images:
+        raise DatasetError(f"no usable image in {args.dataset} at '{args.data_root}' "
+                           f"({len(dataset.skipped)} skipped)")
+    ext = options.make_extractor(args, plan)
+    log.info(options.describe_extractor(ext))
+    if args.save_vis is not None:
+        args.save_vis.mkdir(parents=True, exist_ok=True)
+
+    has_gt = dataset.has_ground_truth
+    records: List[dict] = []
+    failures: List[Tuple[str, str]] = []  # processing failures (an image or an (image, method))
+    skipped_runtime: List[Tuple[str, str]] = []
+    n = len(dataset.images)
+    for k, item in enumerate(dataset.images):
+        try:
+            pil = read_dataset_image(item, ext.patch_size, has_gt)
+        except LiftKitError as exc:
+            (skipped_runtime if args.skip_bad else failures).append((item.name, str(exc)))
+            log.info(f"[{k + 1}/{n}] {item.name}: {'skipped' if args.skip_bad else 'failed'}: {exc}")
+            continue
+        rec, line = _evaluate_image(ext, plan, item, pil, args, tau, has_gt, failures)
+        records.append(rec)
+        log.info(f"[{k + 1}/{n}] {item.name}: " + ", ".join(line))
+
+    summary = summarise(records, methods, has_gt)
+    skipped = list(dataset.skipped) + skipped_runtime
+    print_table(summary, dataset, args, tau, len(records), len(skipped))
+    json_path = args.output_json or (Path(args.output_dir) / "tokencut.json" if args.output_dir else None)
+    if json_path is not None:
+        out = {
+            "run": run.info,
+            "args": {**run.info["args"], "methods": methods, "tau": tau},
+            "extractor": ext.describe(),
+            "dataset": {"name": dataset.name, "dataroot": str(args.data_root), "set": args.set,
+                        "num_images": len(records), "num_objects": sum(len(r.get("gt_boxes", [])) for r in records),
+                        "num_skipped": len(skipped),
+                        "skipped": [{"item": a, "reason": b} for a, b in skipped]},
+            "tau": tau, "eps": args.eps, "solver": args.solver, "iou_threshold": CORLOC_IOU,
+            "methods": summary,
+            "images": records,
+            "failures": [{"item": a, "reason": b} for a, b in failures],
+        }
+        try:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_path).write_text(json.dumps(out, indent=1))
+        except OSError as exc:
+            failures.append(("--output_json", f"cannot write '{json_path}' ({exc})"))
+        else:
+            log.info(f"wrote {json_path}")
+    if failures:
+        raise ItemFailures(f"{len(failures)} failure(s)", [f"{a}: {b}" for a, b in failures])
+
+
+def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau: float, has_gt: bool,
+                    failures: List[Tuple[str, str]]) -> Tuple[dict, List[str]]:
+    """Features of every method from one backbone pass, TokenCut on each grid; (record, progress-line parts)."""
+    w, h = pil.size
+    size_hw = ext.target_size((w, h), args.load_size, args.resize_mode)
+    x = ext.preprocess(pil, size=size_hw)
+    rec: Dict = {"name": item.name, "image_path": str(item.image_path), "width": w, "height": h,
+                 "input_hw": list(size_hw), "results": {}}
+    if has_gt:
+        rec["gt_boxes"] = [_fmt_box(b) for b in item.boxes]
+        rec["gt_labels"] = list(item.labels)
+    line = []
+    timings: Dict[str, float] = {}
+    try:
+        feats = ext.features(x, plan, timings=timings)
+        feature_error = None
+    except LiftKitError as exc:
+        feats, feature_error = {}, exc
+    for m in plan:
+        method = m.name
+        t1 = time.perf_counter()
+        res: Dict = {"feature_s": None, "grid_hw": None, "cell_px": None}
+        try:
+            if feature_error is not None:
+                raise feature_error
+            f = feats[method][0]
+            gh, gw = int(f.shape[-2]), int(f.shape[-1])
+            # pixels of the original image per grid cell (the effective patch size of this grid)
+            res.update(feature_s=round(timings[method], 4), grid_hw=[gh, gw],
+                       cell_px=[round(h / gh, 4), round(w / gw, 4)])
+            tc = tokencut(f, (h, w), tau=tau, eps=args.eps, solver=args.solver)
+        except LiftKitError as exc:
+            failures.append((f"{item.name} [{method}]", str(exc)))
+            res.update(error=str(exc), box=None, iou=None, correct=False if has_gt else None,
+                       tokencut_s=round(time.perf_counter() - t1, 4))
+            rec["results"][method] = res
+            line.append(f"{method}: failed")
+            continue
+        t2 = time.perf_counter()
+        iou = best_iou(tc.box, item.boxes) if has_gt else None
+        res.update(box=_fmt_box(tc.box), box_grid=list(tc.box_grid), seed=list(tc.seed),
+                   eigenvalue=tc.eigenvalue, density=round(tc.density, 4), solver=tc.solver,
+                   iou=None if iou is None else round(iou, 4),
+                   correct=None if iou is None else bool(iou >= CORLOC_IOU),
+                   tokencut_s=round(t2 - t1, 4), error=None)
+        rec["results"][method] = res
+        line.append(f"{method}: " + (f"IoU {iou:.2f}" if iou is not None else f"box {res['box']}"))
+        if args.save_vis is not None:
+            caption = f"{method}" + (f" IoU {iou:.2f}" if iou is not None else "")
+            safe = item.name.replace("/", "_")
+            draw_boxes(pil, tc.box, item.boxes if has_gt else None, caption).save(
+                args.save_vis / f"{safe}_{method}.jpg", quality=90)
+    return rec, line
+
+
+def _mean(values: List[float]) -> Optional[float]:
+    return float(np.mean(values)) if values else None
+
+
+def summarise(records: List[dict], methods: List[str], has_gt: bool) -> Dict[str, dict]:
+    """Per method: CorLoc (fraction; a failed image counts as a miss), counts and mean seconds per image."""
+    out: Dict[str, dict] = {}
+    for m in methods:
+        rs = [r["results"][m] for r in records if m in r["results"]]
+        ok = [r for r in rs if r.get("error") is None]
+        correct = sum(1 for r in rs if r.get("correct"))
+        solvers: Dict[str, int] = {}
+        for r in ok:
+            solvers[r["solver"]] = solvers.get(r["solver"], 0) + 1
+        out[m] = {
+            "corloc": (correct / len(rs)) if (has_gt and rs) else None,
+            "num_correct": correct if has_gt else None,
+            "num_images": len(rs),
+            "num_errors": len(rs) - len(ok),
+            "mean_cells": _mean([r["grid_hw"][0] * r["grid_hw"][1] for r in rs if r["grid_hw"]]),
+            "mean_feature_s": _mean([r["feature_s"] for r in rs if r["feature_s"] is not None]),
+            "mean_tokencut_s": _mean([r["tokencut_s"] for r in rs]),
+            "solvers": solvers,
+        }
+    return out
+
+
+def print_table(summary: Dict[str, dict], dataset: BoxDataset, args: argparse.Namespace, tau: float,
+                num_images: int, num_skipped: int) -> None:
+    """The result table on stdout."""
+    extra = f", set {args.set}" if args.dataset in ("voc07", "voc12") else ""
+    print(f"TokenCut on {dataset.name}{extra}: {num_images} images ({num_skipped} skipped), tau={tau:g}, "
+          f"eps={args.eps:g}, solver={args.solver}, {args.model_type} layer {args.layer} {args.facet}")
+    print(f"{'method':<10} {'cells':>7} {'CorLoc':>8} {'correct':>9} {'errors':>7} {'feat s/img':>11} "
+          f"{'cut s/img':>10}")
+    for m, s in summary.items():
+        cor = "-" if s["corloc"] is None else f"{100 * s['corloc']:.2f}"
+        hits = "-" if s["num_correct"] is None else f"{s['num_correct']}/{s['num_images']}"
+        cells = "-" if s["mean_cells"] is None else f"{s['mean_cells']:.0f}"
+        feat = "-" if s["mean_feature_s"] is None else f"{s['mean_feature_s']:.3f}"
+        cut = "-" if s["mean_tokencut_s"] is None else f"{s['mean_tokencut_s']:.3f}"
+        print(f"{m:<10} {cells:>7} {cor:>8} {hits:>9} {s['num_errors']:>7} {feat:>11} {cut:>10}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
