@@ -41,6 +41,11 @@ def test_lift_output_file_and_metadata(tmp_path, lift_file, imgfocus):
     assert meta["image_size"] == "451x300" and meta["layout"] == "CHW" and meta["method"] == "lift"
     assert meta["backbone"] == "dinov2_vits14_imgfocus" and meta["layer"] == "11" and meta["facet"] == "key"
     assert meta["backbone_weights_sha256"] == imgfocus.info.weights_sha256
+    # provenance: version, the checkout's commit, the resolved arguments
+    assert meta["liftkit_version"] == "0.1.0" and meta["command"] == "lift_extractor"
+    assert len(meta["git_commit"]) == 40 and int(meta["git_commit"], 16) >= 0
+    run_args = json.loads(meta["run_args"])
+    assert run_args["lift_path"] == str(lift_file) and run_args["load_size"] == 224 and run_args["device"] == "cpu"
     # parity with the library computation
     from extractor import ViTExtractor
 
