@@ -34,7 +34,7 @@ import torch
 from extractor import ViTExtractor, available_backbones
 from liftkit.backbones.specs import DEFAULT_BACKBONE
 from liftkit.errors import LiftKitError
-from liftkit.lift.model import ATTEND_PRIORS, HEADS
+from liftkit.lift.model import ARCHS, ATTEND_PRIORS, HEADS
 from liftkit.train.data import DOWNSAMPLE_MODES, RESIZE_POLICIES
 from liftkit.train.loop import AMP_MODES, TrainConfig, Trainer
 from liftkit.train.objective import LOSSES
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch_size", type=int, default=8, help="global batch size, split over processes (default 8)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     t.add_argument("--loss", choices=LOSSES, default="cosine", help="default cosine (1 - cos per location); cosine_centered subtracts the mean target feature first; cosine_raw_centered sums both")
+    t.add_argument("--arch", choices=ARCHS, default="lift",
+                   help="lift (the paper's, default), lift_noimage (the paper's ablation without the image input) "
+                        "or resize_conv (the paper's baseline: bilinear 2x, then 3x3 convs; about LiFT's size)")
     t.add_argument("--head", choices=HEADS, default="plain",
                    help="LiFT output head: plain (the paper's), residual (a correction to bilinear upsampling) or "
                         "attend (softmax weights over the k x k low-resolution neighbours; stays in the backbone's "
@@ -116,7 +119,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model_type=args.model_type, layer=args.layer, facet=args.facet, channel_order=args.channel_order,
         backbone_weights=args.backbone_weights, offline=args.offline, random_init=args.random_init,
         imsize=args.imsize, resize=args.resize, downsample=args.downsample, loss=args.loss,
-        residual=args.residual, head=args.head, head_kernel=args.head_kernel, head_prior=args.head_prior,
+        residual=args.residual, arch=args.arch, head=args.head, head_kernel=args.head_kernel, head_prior=args.head_prior,
         scale_min=args.scale_min, cache_views=args.cache_views, lr=args.lr,
         epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, augment=args.augment, hflip=args.hflip,

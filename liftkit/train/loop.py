@@ -33,7 +33,7 @@ from liftkit.backbones.specs import get_spec
 from liftkit.device import resolve_device
 from liftkit.errors import CheckpointError, ConfigError, LiftKitError
 from liftkit.lift.checkpoint import LiftMeta, save_lift
-from liftkit.lift.model import ATTEND_PRIORS, HEADS, LiFT
+from liftkit.lift.model import ARCHS, ATTEND_PRIORS, HEADS, LiFT
 from liftkit.train import checkpointing as ckpt
 from liftkit.train.data import (
     DOWNSAMPLE_MODES,
@@ -87,6 +87,7 @@ class TrainConfig:
     head: str = "plain"  # plain | residual | attend (liftkit.lift.model.HEADS)
     head_kernel: int = 3  # attend head: k x k neighbourhood
     head_prior: str = "bilinear"  # attend head: prior of its logits
+    arch: str = "lift"  # lift | lift_noimage | resize_conv (liftkit.lift.model.ARCHS)
     lr: float = 1e-3
     epochs: int = 5
     batch_size: int = 8
@@ -192,6 +193,7 @@ def validate_config(cfg: TrainConfig, world: int = 1) -> None:
          f"--cache_views {cfg.cache_views} needs --cache_dir and an augmentation (--random_crop, --scale_min, "
          "--hflip or --augment)"),
         (0.1 <= cfg.scale_min <= 1.0, f"--scale_min {cfg.scale_min} must be in [0.1, 1]"),
+        (cfg.arch in ARCHS, f"unknown --arch '{cfg.arch}'; choose one of: {', '.join(ARCHS)}"),
         (cfg.lift_head in HEADS, f"unknown --head '{cfg.head}'; choose one of: {', '.join(HEADS)}"),
         (cfg.head_kernel >= 3 and cfg.head_kernel % 2 == 1 and cfg.head_kernel <= 9,
          f"--head_kernel {cfg.head_kernel} must be odd and in 3..9"),
@@ -399,6 +401,7 @@ class Trainer:
             "channels": int(ext.embed_dim), "imsize": cfg.imsize, "resize": cfg.resize, "downsample": cfg.downsample,
             "loss": cfg.loss, "residual": cfg.lift_head == "residual", "batch_size": cfg.batch_size, "seed": cfg.seed,
             "augment": cfg.augment, "hflip": cfg.hflip, "random_crop": cfg.random_crop,
+            **({"arch": cfg.arch} if cfg.arch != "lift" else {}),
             **({"head": cfg.lift_head, "head_kernel": cfg.head_kernel, "head_prior": cfg.head_prior}
                if cfg.lift_head == "attend" else {}),
             **({"cache_views": cfg.cache_views, "scale_min": cfg.scale_min}
@@ -441,7 +444,8 @@ class Trainer:
 
         # ---- model, optimiser, resume
         torch.manual_seed(cfg.seed)
-        lift = LiFT(ext.embed_dim, ext.patch_size, head=cfg.lift_head, kernel=cfg.head_kernel, prior=cfg.head_prior)
+        lift = LiFT(ext.embed_dim, ext.patch_size, head=cfg.lift_head, kernel=cfg.head_kernel, prior=cfg.head_prior,
+                    arch=cfg.arch)
         pairs: torch.nn.Module = LiftPairs(lift)
         if ctx.enabled:
             pairs = convert_batchnorm(pairs, self.device)
@@ -498,7 +502,7 @@ class Trainer:
             backbone=ext.spec.name, backbone_weights_sha256=ext.info.weights_sha256, layer=int(ext.layer),
             facet=ext.facet, channel_order=ext.channel_order, patch_size=int(ext.patch_size),
             channels=int(ext.embed_dim), mean=tuple(ext.spec.mean), std=tuple(ext.spec.std),
-            head=cfg.lift_head, head_kernel=cfg.head_kernel, head_prior=cfg.head_prior,
+            head=cfg.lift_head, head_kernel=cfg.head_kernel, head_prior=cfg.head_prior, arch=cfg.arch,
         )
         for ep in range(epoch, cfg.epochs):
             plan = EpochPlan(n_rows, cfg.batch_size, cfg.seed, ep, ctx.rank, ctx.world)
