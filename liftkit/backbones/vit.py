@@ -9,7 +9,9 @@ Facets (as in dino-vit-features, on which the official LiFT release builds):
     ``key``, ``query``, ``value``: the block's q/k/v **linear projection** of the attention input (``norm1(x)``),
         taken from one forward pre-hook on ``blocks[L].attn`` and computed exactly as timm's attention computes it
         (fused ``qkv``; fused ``qkv`` weight with EVA's separate ``q_bias``/``k_bias``/``v_bias``; or separate
-        ``q_proj``/``k_proj``/``v_proj``). Channels in **dim-major, head-minor** order: ``c = d * heads + head``
+        ``q_proj``/``k_proj``/``v_proj``). The hook sits on ``attn``'s input rather than on the ``qkv`` Linear
+        because EVA-style attention with separate biases calls ``F.linear(x, qkv.weight, bias)`` and never runs the
+        ``qkv`` module, so a hook there would not fire; the input seen is what timm feeds the projection. Channels in **dim-major, head-minor** order: ``c = d * heads + head``
         for head dimension ``d`` (dino-vit-features' order; official LiFT checkpoints expect it); ``head_major``
         (``c = head * d_h + d``, timm's layout) on request.
         **Before RoPE and before qk-norm.** For RoPE models (DINOv3, EVA-02, timm's ``*_rope_*`` ViTs) the returned
