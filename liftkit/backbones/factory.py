@@ -8,8 +8,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from liftkit.backbones.specs import BackboneSpec, get_spec
-from liftkit.backbones.timm_any import build_timm_model
+from liftkit.backbones.specs import BackboneSpec, build_timm_model, get_spec
 from liftkit.backbones.vit import DenseViT
 from liftkit.errors import CheckpointError
 from liftkit.weights.convert import convert_state_dict, load_strict, read_weights_file, state_dict_digest

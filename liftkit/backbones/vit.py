@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liftkit.backbones.specs import BackboneSpec
-from liftkit.backbones.timm_any import attn_projection_kind, check_servable
+from liftkit.backbones.specs import BackboneSpec, attn_projection_kind, check_servable
 from liftkit.errors import ConfigError
 
 FACETS = ("key", "query", "value", "token")
