@@ -38,7 +38,7 @@ def tiny_vit(patch_size: int = 16, embed_dim: int = 48, num_heads: int = 4, dept
                                depth=depth)
     torch.manual_seed(seed)
     vit = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                            num_heads=num_heads, num_classes=0, init_values=1e-1)
+                            num_heads=num_heads, num_classes=0, init_values=1e-1, dynamic_img_size=True)
     # non-trivial LayerScale and position embedding so that errors show
     with torch.no_grad():
         vit.pos_embed.normal_(0, 0.5)

@@ -137,3 +137,65 @@ def test_bad_head_arguments_are_value_errors():
         LiFT(32, 14, head="attend", kernel=4)
     with pytest.raises(ValueError, match="prior"):
         LiFT(32, 14, head="attend", prior="gauss")
+
+
+@pytest.mark.parametrize("arch, n384", [("lift", 1_187_280), ("lift_noimage", 1_033_536), ("resize_conv", 1_070_208)])
+def test_archs_sizes_shapes_and_round_trip(tmp_path, arch, n384):
+    from liftkit.lift.model import count_parameters
+
+    assert count_parameters(LiFT(384, 14, arch=arch)) == n384
+    torch.manual_seed(5)
+    lift = LiFT(32, 14, arch=arch).eval()
+    f, img = torch.randn(1, 32, 3, 5), torch.randn(1, 3, 42, 70)
+    with torch.no_grad():
+        out = lift(f, img)
+    assert out.shape == (1, 32, 6, 10)
+    loaded, meta = load_lift(save_lift(tmp_path / f"{arch}.safetensors", lift, _meta(arch=arch)))
+    assert meta.arch == arch
+    with torch.no_grad():
+        assert torch.equal(loaded(f, img), out)
+
+
+def test_noimage_and_resize_conv_ignore_the_image():
+    torch.manual_seed(6)
+    f = torch.randn(1, 32, 3, 4)
+    for arch in ("lift_noimage", "resize_conv"):
+        lift = LiFT(32, 14, arch=arch).eval()
+        with torch.no_grad():
+            assert torch.equal(lift(f, torch.randn(1, 3, 42, 56)), lift(f, torch.zeros(1, 3, 42, 56)))
+    lift = LiFT(32, 14, arch="lift").eval()
+    with torch.no_grad():
+        assert not torch.equal(lift(f, torch.randn(1, 3, 42, 56)), lift(f, torch.zeros(1, 3, 42, 56)))
+
+
+def test_resize_conv_residual_starts_as_bilinear():
+    f = torch.randn(1, 32, 3, 4)
+    lift = LiFT(32, 14, arch="resize_conv", head="residual").eval()
+    with torch.no_grad():
+        assert torch.allclose(lift(f, torch.randn(1, 3, 42, 56)), F.interpolate(f, scale_factor=2, mode="bilinear"),
+                              atol=1e-6)
+
+
+def test_random_lift_is_seeded_and_leaves_the_global_rng_alone():
+    from liftkit.lift.checkpoint import random_lift
+
+    state = torch.random.get_rng_state()
+    a, b, c = random_lift(_meta(), 0), random_lift(_meta(), 0), random_lift(_meta(), 1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.outc.weight, c.outc.weight)
+    att = random_lift(_meta(head="attend"), 0)
+    assert att.outc.weight.abs().sum() > 0  # not the zero start of a trainable attend head
+
+
+def test_unknown_arch_in_a_file_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = save_lift(tmp_path / "a.safetensors", LiFT(32, 14), _meta())
+    with safe_open(str(path), framework="pt") as fh:
+        header = dict(fh.metadata())
+    header["arch"] = "lift_v9"
+    save_file(load_file(str(path)), str(tmp_path / "v9.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match="arch 'lift_v9'"):
+        load_lift(tmp_path / "v9.safetensors")

@@ -104,3 +104,24 @@ def test_bad_view_and_head_flags_are_one_line_errors(tmp_path, shared_data, caps
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()][-1]
     assert msg in err
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("arch", ["resize_conv", "lift_noimage"])
+def test_ablation_archs_train_and_are_refused_elsewhere(tmp_path, shared_data, arch):
+    from extractor import ViTExtractor
+    from liftkit.errors import IncompatibleLiftError
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    for p in _images(shared_data, 5):
+        (data / p.name).symlink_to(p)
+    out = tmp_path / "run"
+    assert main(["--data_root", str(data), "--output_dir", str(out), "--epochs", "1", "--batch_size", "4",
+                 "--val_fraction", "0.2", "--arch", arch] + TINY) == 0
+    path = out / "lift_dino_vits16.safetensors"
+    lift, meta = load_lift(path)
+    assert meta.arch == arch and meta.train_config["args"]["arch"] == arch
+    ext = ViTExtractor("dino_vits16", random_init=True, lift_path=path)
+    assert ext.dense_features(torch.randn(1, 3, 48, 64), "lift").shape == (1, 384, 6, 8)
+    with pytest.raises(IncompatibleLiftError, match="backbone"):
+        ViTExtractor("dino_vits8", random_init=True, lift_path=path)
