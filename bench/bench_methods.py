@@ -61,8 +61,11 @@ def timed_quiet(fn: Callable[[], int]) -> float:
     """Seconds of ``fn()`` with its stdout/stderr swallowed (a non-zero exit code is an error)."""
     sink = io.StringIO()
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        rc = fn()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            rc = fn()
+    except SystemExit as exc:  # argparse errors of a command
+        rc = exc.code
     sec = time.perf_counter() - t0
     if rc != 0:
         raise SystemExit(f"benchmark run failed (exit {rc}):\n{sink.getvalue()[-3000:]}")
@@ -76,18 +79,18 @@ def cases(args, tmp: Path) -> Dict[str, Dict[str, Callable[[], int]]]:
     out: Dict[str, Dict[str, Callable[[], int]]] = {}
     if args.only in (None, "tokencut"):
         old = load_baseline(args.baseline, "eval_tokencut", tmp)
-        common = ["--dataset", "voc07", "--offline", "--methods", "low,bilinear,lift", "--tau", "0.9",
-                  "--limit", str(args.limit), "--device", "cpu"]
+        tc = ["--dataset", "voc07", "--offline", "--methods", "low,bilinear,lift", "--tau", "0.9",
+              "--limit", str(args.limit), "--device", "cpu"]
         out["eval_tokencut --methods low,bilinear,lift"] = {
-            "before": lambda: old.main(common + ["--dataroot", str(VOC07)]),
-            "after": lambda: eval_tokencut.main(common + ["--data_root", str(VOC07), "--quiet"]),
+            "before": lambda: old.main(tc + ["--dataroot", str(VOC07)]),
+            "after": lambda: eval_tokencut.main(tc + ["--data_root", str(VOC07), "--quiet"]),
         }
     if args.only in (None, "visualize"):
         old_vis = load_baseline(args.baseline, "eval_visualize_feats", tmp)
-        common = ["--image_path", *args.images, "--offline", "--device", "cpu"]
+        vis = ["--image_path", *args.images, "--offline", "--device", "cpu"]
         out["eval_visualize_feats (defaults)"] = {
-            "before": lambda: old_vis.main(common + ["--output_dir", str(tmp / "vis_before")]),
-            "after": lambda: visualize.main(common + ["--output_dir", str(tmp / "vis_after"), "--quiet"]),
+            "before": lambda: old_vis.main(vis + ["--output_dir", str(tmp / "vis_before")]),
+            "after": lambda: visualize.main(vis + ["--output_dir", str(tmp / "vis_after"), "--quiet"]),
         }
     return out
 

