@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import extractor as extractor_module
+import liftkit.extractor as extractor_module  # where ViTExtractor lives (extractor.py re-exports it)
 from extractor import ViTExtractor
 from liftkit.backbones.factory import create_backbone
 from liftkit.errors import IncompatibleLiftError

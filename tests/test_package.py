@@ -111,3 +111,25 @@ def test_wheel_holds_the_package_data_and_the_console_scripts(tmp_path):
     assert not any(n.startswith(("tests/", "bench/")) or n in ("extractor.py", "hubconf.py") for n in names)
     for command, target in PYPROJECT["project"]["scripts"].items():
         assert f"{command} = {target}" in entry_points
+
+
+def test_every_command_accepts_the_shared_flags_and_the_old_spellings():
+    shared = {"--data_root", "--data_path", "--dataroot", "--model_type", "--backbone_weights", "--offline",
+              "--random_init", "--layer", "--facet", "--channel_order", "--device", "--quiet", "--log_level",
+              "--output_dir", "--load_size", "--resize_mode"}
+    old = {"lift_extractor": {"--image_path", "--output_path", "--lift_path", "--lift_iter", "--dtype"},
+           "eval_spair": {"--imsize", "--methods", "--lift_path", "--dtype", "--output_json"},
+           "eval_davis": {"--short_side", "--square_resize", "--methods", "--lift_path", "--dtype", "--output_json"},
+           "eval_tokencut": {"--imsize", "--methods", "--lift_path", "--dtype", "--output_json"},
+           "eval_visualize_feats": {"--image_path", "--lift_path", "--lift_iter", "--dtype"},
+           "train_lift": {"--imsize", "--resize", "--no_progress"}}
+    for script, extra in old.items():
+        flags = set(importlib.import_module(script).build_parser()._option_string_actions)
+        assert shared | extra <= flags, (script, sorted((shared | extra) - flags))
+    # the aliases land where the canonical flag does
+    from liftkit.cli import eval_davis, eval_spair
+
+    a = eval_spair.build_parser().parse_args(["--data_path", "x", "--imsize", "112"])
+    assert (a.data_root, a.load_size, a.resize_mode) == ("x", 112, "pad")
+    a = eval_davis.build_parser().parse_args(["--dataroot", "y", "--square_resize", "224"])
+    assert (a.data_root, a.load_size, a.resize_mode) == ("y", 224, "square")
