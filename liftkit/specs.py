@@ -14,7 +14,7 @@ import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
-from liftkit.errors import ConfigError
+from liftkit.errors import ConfigError, first_line
 
 if TYPE_CHECKING:  # torch and timm are imported where used: the table itself needs neither
     from torch import nn
@@ -209,9 +209,9 @@ def build_timm_model(arch: str, label: Optional[str] = None, **kwargs: Any) -> "
                 f"--model_type {label}: its timm class has no dynamic_img_size (any H, W), which liftkit needs for "
                 "dense features at any size; choose a ViT or EVA model"
             ) from None
-        raise ConfigError(f"--model_type {label}: timm cannot build it ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"--model_type {label}: timm cannot build it ({first_line(exc)})") from None
     except RuntimeError as exc:
-        raise ConfigError(f"--model_type {label}: timm cannot build it ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"--model_type {label}: timm cannot build it ({first_line(exc)})") from None
 
 
 def attn_projection_kind(attn: "nn.Module") -> Optional[str]:

@@ -26,8 +26,9 @@ import torch
 from liftkit.cli import options
 from liftkit.cli.runner import ItemFailures, Run, provenance_strings, run_command
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, list_images
-from liftkit.errors import ConfigError, LiftKitError
+from liftkit.errors import ConfigError, LiftKitError, first_line
 from liftkit.io.feature_files import FORMATS, save_features
+from liftkit.io.outputs import atomic_write, check_output_file
 from liftkit.methods import Method
 
 COMMAND = "lift_extractor"
@@ -82,6 +83,17 @@ def _check_args(args) -> None:
         raise ConfigError("--no_lift and --upsample exclude each other: pick one")
 
 
+def _save_vis(b, low, out, args, label: str) -> None:
+    """``<name>_vis.png`` beside the feature file, written atomically (OutputError on a failed write)."""
+    from liftkit.vis.panels import save_pca_panel
+
+    title = {"none": "backbone", "lift": f"LiFT x{args.lift_iter}"}.get(label, label)
+    maps, titles = ([low], ["backbone"]) if args.no_lift else ([low, out], ["backbone", title])
+    target = b["out"].with_name(b["out"].stem + "_vis.png")
+    with atomic_write(target) as tmp:
+        save_pca_panel(tmp, b["image"], maps, titles)
+
+
 def output_method(args) -> Method:
     """The method whose features are saved: the backbone grid, a baseline, or LiFT (--lift_iter steps)."""
     if args.no_lift:
@@ -129,30 +141,31 @@ def _run(args, run: Run) -> None:
             feats = ext.features(x, plan)
         except RuntimeError as exc:  # e.g. out of memory on a huge input
             for b in batch:
-                failures.append(f"{b['path']}: {str(exc).splitlines()[0]}")
+                failures.append(f"{b['path']}: {first_line(exc)}")
             return
         low, out = feats["low"], feats[method.name]
         for i, b in enumerate(batch):
             meta = {**base_meta, "image": str(b["path"]), "image_size": "%dx%d" % b["size"],
                     "input_size": "%dx%d" % tuple(x.shape[-2:]), "grid_low": "%dx%d" % tuple(low.shape[-2:]),
                     "grid": "%dx%d" % tuple(out.shape[-2:])}
-            save_features(b["out"], out[i], meta, args.format)
-            if args.save_vis:
-                from liftkit.vis.panels import save_pca_panel
-
-                title = {"none": "backbone", "lift": f"LiFT x{args.lift_iter}"}.get(label, label)
-                maps, titles = ([low[i]], ["backbone"]) if args.no_lift else ([low[i], out[i]], ["backbone", title])
-                save_pca_panel(b["out"].with_name(b["out"].stem + "_vis.png"), b["image"], maps, titles)
+            try:
+                save_features(b["out"], out[i], meta, args.format)
+                if args.save_vis:
+                    _save_vis(b, low[i], out[i], args, label)
+            except LiftKitError as exc:  # OutputError: no space, read-only, name too long...; the batch goes on
+                failures.append(f"{b['path']}: {exc}")
+                continue
             done += 1
 
     from tqdm import tqdm
 
     for path in tqdm(images, desc="extract", unit="img", disable=args.quiet, file=sys.stderr):
         out_file = _output_file(path, root, args, single=len(images) == 1)
-        if out_file.exists() and not args.overwrite:
-            skipped += 1
-            continue
         try:
+            check_output_file(out_file, "output file")  # a name too long, a folder in the way: this item fails
+            if out_file.exists() and not args.overwrite:
+                skipped += 1
+                continue
             x, img = ext.load_image(path, args.load_size or None, args.resize_mode, args.max_pixels, args.max_tokens)
         except LiftKitError as exc:
             failures.append(str(exc))

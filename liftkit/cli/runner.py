@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Iterable, Optional
 from liftkit import __version__
 from liftkit.device import resolve_device
 from liftkit.errors import LiftKitError, failure_report
+from liftkit.io.outputs import check_output_dir, check_output_file, os_error_message
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOGGER = "liftkit"
@@ -133,6 +134,24 @@ class Run:
     info: Dict[str, Any] = field(default_factory=dict)  # provenance(); write it into every JSON output as "run"
 
 
+OUTPUT_FILE_FLAGS = ("output_path", "output_json", "plot")
+OUTPUT_DIR_FLAGS = ("output_dir",)
+
+
+def check_output_flags(args: argparse.Namespace) -> None:
+    """Refuse, before anything is loaded, output flags that cannot be written: ``--output_dir`` that is a file,
+    ``--output_path`` / ``--output_json`` / ``--plot`` that is a folder, a path under a regular file, a name too
+    long, a folder that is not writable (OutputError, exit 2)."""
+    for name in OUTPUT_DIR_FLAGS:
+        value = getattr(args, name, None)
+        if value:
+            check_output_dir(value, "--" + name)
+    for name in OUTPUT_FILE_FLAGS:
+        value = getattr(args, name, None)
+        if value and isinstance(value, (str, Path)):
+            check_output_file(value, "--" + name)
+
+
 Body = Callable[[argparse.Namespace, Run], Optional[int]]
 
 
@@ -142,6 +161,7 @@ def run_command(command: str, parser: argparse.ArgumentParser, argv, body: Body)
     args = parser.parse_args(argv)
     log = configure_logging(command, getattr(args, "log_level", "info"))
     try:
+        check_output_flags(args)
         if getattr(args, "device", None) is not None:
             args.device = str(resolve_device(args.device))
         run = Run(command, log, provenance(command, args))
@@ -154,6 +174,12 @@ def run_command(command: str, parser: argparse.ArgumentParser, argv, body: Body)
         return EXIT_FAILED_ITEMS
     except LiftKitError as exc:
         log.error("%s", exc)
+        return EXIT_CONFIG
+    except OSError as exc:  # a write the command did not wrap itself (a plot, a JSON file...): still one line
+        log.error("%s", os_error_message(exc.filename or "output", exc, "cannot read or write"))
+        return EXIT_CONFIG
+    except MemoryError:
+        log.error("out of memory; lower the input size (--load_size, --lift_iter) or --max_memory_gb")
         return EXIT_CONFIG
     except KeyboardInterrupt:
         log.error("interrupted")

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from liftkit.errors import DatasetError
+from liftkit.errors import DatasetError, first_line
 
 SPLITS = ("trn", "val", "test")
 LAYOUT = ("large",)
@@ -238,7 +238,7 @@ def load_pair(root: Path, split: str, name: str, size_cache: Optional[Dict[Path,
     try:
         data = json.loads(ann.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"'{ann}' is not valid JSON ({str(exc).splitlines()[0]}); re-download it") from None
+        raise DatasetError(f"'{ann}' is not valid JSON ({first_line(exc)}); re-download it") from None
     if not isinstance(data, dict):
         raise DatasetError(f"'{ann}' is not a JSON object")
     missing = [k for k in REQUIRED if k not in data]

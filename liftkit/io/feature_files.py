@@ -16,37 +16,46 @@ Formats:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
+from liftkit.io.outputs import atomic_write
+
 FORMATS = ("pt", "npy", "safetensors")
 
 
 def save_features(path: Path, features: torch.Tensor, metadata: Dict[str, str], fmt: str) -> Path:
-    """Write (C, h, w) ``features`` and ``metadata`` to ``path`` in ``fmt``, atomically. Returns the path."""
+    """Write (C, h, w) ``features`` and ``metadata`` to ``path`` in ``fmt``, atomically (a short temporary name in
+    the same folder, renamed into place; nothing partial is left on any error). Returns the path.
+
+    Raises:
+        OutputError: the path cannot be written (a folder, under a file, name too long, no space, read-only...):
+            one line naming the path, the reason and what to do.
+    """
     assert features.dim() == 3, f"expected (C, h, w), got {tuple(features.shape)}"
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {str(k): str(v) for k, v in metadata.items()}
     t = features.detach().cpu().contiguous()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if fmt == "pt":
-        torch.save({"features": t, "metadata": meta}, tmp)
-    elif fmt == "safetensors":
-        from safetensors.torch import save_file
+    if fmt == "npy":
+        sidecar = Path(str(path) + ".json")
+        with atomic_write(path) as tmp:  # both written to temporary names; the sidecar renamed just before the array
+            with open(tmp, "wb") as f:
+                np.save(f, t.numpy())
+            with atomic_write(sidecar) as tmp_json:
+                tmp_json.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return path
+    with atomic_write(path) as tmp:
+        if fmt == "pt":
+            torch.save({"features": t, "metadata": meta}, tmp)
+        else:
+            from safetensors.torch import save_file
 
-        save_file({"features": t}, str(tmp), metadata=meta)
-    elif fmt == "npy":
-        with open(tmp, "wb") as f:
-            np.save(f, t.numpy())
-        Path(str(path) + ".json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-    else:
-        raise ValueError(f"unknown format {fmt}")
-    os.replace(tmp, path)
+            save_file({"features": t}, str(tmp), metadata=meta)
     return path
 
 

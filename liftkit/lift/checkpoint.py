@@ -21,12 +21,13 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from liftkit.backbones.specs import BACKBONES
-from liftkit.errors import CheckpointError, IncompatibleLiftError
+from liftkit.errors import CheckpointError, IncompatibleLiftError, unreadable_file_message
 from liftkit.lift.model import ARCHS, HEADS, LiFT
 from liftkit.weights.convert import load_strict
 
 FORMAT = "liftkit.lift/1"
 UNKNOWN = "unknown"
+_LIFT_TODO = "re-download or re-train it, or pass another --lift_path (none: no LiFT)"
 
 
 @dataclass
@@ -93,7 +94,7 @@ class LiftMeta:
                 train_config=json.loads(d.get("train_config", "{}")), source=d.get("source", "liftkit"),
                 residual=json.loads(d.get("residual", "false")),
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"LiFT file '{path}' has incomplete metadata ({exc}); re-save it with train_lift.py") from None
 
 
@@ -155,13 +156,13 @@ def load_lift(path: Path, map_location: str = "cpu") -> Tuple[LiFT, LiftMeta]:
                 raw_meta = f.metadata() or {}
             sd = load_file(str(path), device=map_location)
         except Exception as exc:
-            raise CheckpointError(f"cannot read LiFT file '{path}': {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            raise CheckpointError(unreadable_file_message("LiFT file", path, exc, _LIFT_TODO)) from None
         meta = LiftMeta.from_strings(raw_meta, path)
     else:
         try:
             sd = torch.load(str(path), map_location=map_location, weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"cannot read LiFT file '{path}': {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            raise CheckpointError(unreadable_file_message("LiFT file", path, exc, _LIFT_TODO)) from None
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
             sd = sd["state_dict"]
         if not isinstance(sd, dict) or "outc.weight" not in _strip_module(sd):

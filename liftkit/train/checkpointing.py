@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from liftkit.errors import CheckpointError
+from liftkit.errors import CheckpointError, unreadable_file_message
 
 STATE_FORMAT = "liftkit.train_state/1"
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
@@ -119,8 +119,8 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint '{path}': {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise CheckpointError(unreadable_file_message(
+            "checkpoint", path, exc, "delete it to start again, or resume from another checkpoint")) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"'{path}' is not a liftkit training checkpoint")
     return state

@@ -36,6 +36,6 @@ def save_pca_panel(path: Path, image: Image.Image, maps: Sequence, titles: Seque
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from liftkit.specs import BackboneSpec
-from liftkit.errors import CheckpointError
+from liftkit.errors import CheckpointError, first_line, unreadable_file_message
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -45,7 +45,8 @@ def read_weights_file(path: Path) -> StateDict:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or not a weights file at all
-        raise CheckpointError(f"cannot read weights file '{path}': {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(unreadable_file_message(
+            "weights file", path, exc, "re-download it or pass another --backbone_weights file")) from None
     for wrapper in ("teacher", "model", "state_dict"):
         if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = sd[wrapper]
@@ -100,7 +101,7 @@ def timm_filter(sd: StateDict, model: nn.Module, arch: str) -> StateDict:
         return dict(filter_fn(dict(sd), model, **kwargs))
     except Exception as exc:  # timm's filter meets a file that is not this model's checkpoint
         raise CheckpointError(f"timm's checkpoint filter for {arch} cannot read these weights ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); is it the right file?") from None
+                              f"{first_line(exc)}); is it the right file?") from None
 
 
 def convert_state_dict(spec: BackboneSpec, sd: StateDict, model: Optional[nn.Module] = None) -> StateDict:
