@@ -8,6 +8,7 @@ integers (LOST's choice). Scoring boxes (IoU, CorLoc) is :mod:`liftkit.eval.boxe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -92,3 +93,40 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, where: str) -> np.nd
     b[:, [0, 2]] = b[:, [0, 2]].clip(0, width)
     b[:, [1, 3]] = b[:, [1, 3]].clip(0, height)
     return b
+
+
+def annotation_number(value, where: str, field: str, integer: bool = False, minimum: Optional[float] = None,
+                      maximum: float = 1e7, text_ok: bool = True):
+    """One numeric annotation field, validated: a number (or, if ``text_ok``, numeric text), finite, whole if
+    ``integer``, within [minimum, maximum].
+
+    Args:
+        value: the raw value (JSON number, XML text...); booleans, lists, dicts, ``nan``, ``1e999`` are refused.
+        where: the file and record (e.g. ``COCO annotations 'x.json' annotation 3``).
+        field: the field's name (``bbox[2]``, ``<width>``...).
+        integer: the value must be a whole number (ids, sizes); returned as int.
+        text_ok: accept numeric text (XML); False for JSON fields that must be numbers (COCO ids).
+    Raises:
+        DatasetError: one line naming file, record and field and what is wrong.
+    """
+    bad, number = None, 0.0
+    kinds = (int, float, str) if text_ok else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        bad = f"is {type(value).__name__} {str(value)[:40]!r}, not a number"
+    else:
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):
+            bad = f"is {str(value)[:40]!r}, not a number"
+        else:
+            if not math.isfinite(number):
+                bad = f"is {str(value)[:40]!r}, not a finite number"
+            elif integer and not number.is_integer():
+                bad = f"is {str(value)[:40]!r}, not a whole number"
+            elif minimum is not None and number < minimum:
+                bad = f"is {number:g}, below {minimum:g}"
+            elif abs(number) > maximum:
+                bad = f"is {number:g}, beyond {maximum:g}"
+    if bad is not None:
+        raise DatasetError(f"{where}: {field} {bad}; fix the annotation or pass --skip_bad")
+    return int(number) if integer else number

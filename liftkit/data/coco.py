@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from liftkit.errors import DatasetError
-from liftkit.data.boxes import AnnotatedImage, BoxDataset, check_boxes
+from liftkit.data.boxes import AnnotatedImage, BoxDataset, annotation_number, check_boxes
 
 COCO20K_SIZE = 19817
 _COCO2014 = re.compile(r"^(?:.*/)?COCO_(train|val)2014_(\d{12})\.jpg$")
@@ -126,24 +126,23 @@ def load_coco(annotations: Union[str, Path], image_dir: Union[str, Path], names:
     if not image_dir.is_dir():
         raise DatasetError(f"COCO image folder '{image_dir}' does not exist; check --data_root")
     data = read_coco_json(ann_path)
+    out = BoxDataset(name=name)
     images: Dict[int, dict] = {}
-    for im in data["images"]:
-        try:
-            images[int(im["id"])] = im
-        except (KeyError, TypeError, ValueError):
-            raise DatasetError(f"COCO annotations '{ann_path}': an image entry has no integer 'id'") from None
     by_image: Dict[int, List[dict]] = defaultdict(list)
-    for a in data["annotations"]:
-        if "image_id" not in a or "bbox" not in a:
-            raise DatasetError(f"COCO annotations '{ann_path}': annotation {a.get('id', '?')} lacks image_id/bbox")
-        by_image[int(a["image_id"])].append(a)
+    for kind, records in (("image", data["images"]), ("annotation", data["annotations"])):
+        for k, rec in enumerate(records):
+            try:
+                _index_record(ann_path, kind, k, rec, images, by_image)
+            except DatasetError as exc:
+                if not skip_bad:
+                    raise
+                out.skipped.append((f"{kind} #{k}", str(exc)))
 
     if names is None:
         wanted = [(str(images[i].get("file_name", i)), i) for i in images]
     else:
         wanted = [(n, coco_image_id(n)) for n in names]
 
-    out = BoxDataset(name=name)
     for item, image_id in wanted:
         try:
             out.images.append(_one_image(ann_path, image_dir, images, by_image, item, image_id))
@@ -154,6 +153,26 @@ def load_coco(annotations: Union[str, Path], image_dir: Union[str, Path], names:
     return out
 
 
+_ID = dict(integer=True, minimum=0, maximum=2 ** 53, text_ok=False)
+
+
+def _index_record(ann_path: Path, kind: str, k: int, rec, images: Dict[int, dict],
+                  by_image: Dict[int, List[dict]]) -> None:
+    """Validate one ``images`` / ``annotations`` record's id fields and index it (DatasetError naming it)."""
+    where = f"COCO annotations '{ann_path}' {kind} #{k}"
+    if not isinstance(rec, dict):
+        raise DatasetError(f"{where} is {type(rec).__name__} {repr(rec)[:40]}, not an object; fix the annotations "
+                           "or pass --skip_bad")
+    if kind == "image":
+        images[annotation_number(rec.get("id"), where, "'id'", **_ID)] = rec
+        return
+    for key in ("image_id", "bbox"):
+        if key not in rec:
+            raise DatasetError(f"{where} (id {str(rec.get('id', '?'))[:20]}) lacks '{key}'; fix the annotations or "
+                               "pass --skip_bad")
+    by_image[annotation_number(rec["image_id"], where, "'image_id'", **_ID)].append(rec)
+
+
 def _one_image(ann_path: Path, image_dir: Path, images: Dict[int, dict], by_image: Dict[int, List[dict]],
                item: str, image_id: int) -> AnnotatedImage:
     if image_id not in images:
@@ -162,10 +181,10 @@ def _one_image(ann_path: Path, image_dir: Path, images: Dict[int, dict], by_imag
     im = images[image_id]
     file_name = str(im.get("file_name", f"{image_id:012d}.jpg"))
     where = f"COCO image id {image_id} ('{file_name}') in '{ann_path}'"
-    try:
-        width, height = int(im["width"]), int(im["height"])
-    except (KeyError, TypeError, ValueError):
-        raise DatasetError(f"{where}: missing width/height; fix the annotations") from None
+    if "width" not in im or "height" not in im:
+        raise DatasetError(f"{where}: missing width/height; fix the annotations")
+    width, height = (annotation_number(im[k], where, f"'{k}'", integer=True, minimum=1, maximum=1e6, text_ok=False)
+                     for k in ("width", "height"))
     path = _find_image(image_dir, file_name, image_id)
     if path is None:
         raise DatasetError(f"{where}: image file not found under '{image_dir}' (as {file_name} or "
@@ -174,11 +193,14 @@ def _one_image(ann_path: Path, image_dir: Path, images: Dict[int, dict], by_imag
     for a in by_image.get(image_id, []):
         if a.get("iscrowd", 0) == 1:
             continue
-        try:
-            x, y, w, h = (float(v) for v in a["bbox"])
-        except (TypeError, ValueError):
-            raise DatasetError(f"{where}: annotation {a.get('id', '?')} has bbox {a['bbox']!r}, not "
-                               "[x, y, w, h]; fix the annotations") from None
+        awhere = f"{where} annotation {str(a.get('id', '?'))[:20]}"
+        bbox = a["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise DatasetError(f"{awhere}: 'bbox' is {str(bbox)[:40]!r}, not [x, y, w, h]; fix the annotations or "
+                               "pass --skip_bad")
+        x, y = (annotation_number(v, awhere, f"'bbox[{i}]'", text_ok=False) for i, v in enumerate(bbox[:2]))
+        w, h = (annotation_number(v, awhere, f"'bbox[{i + 2}]'", minimum=0, text_ok=False)
+                for i, v in enumerate(bbox[2:]))
         boxes.append([int(round(v)) for v in (x, y, x + w, y + h)])
         labels.append(str(a.get("category_id", "")))
     if not boxes:

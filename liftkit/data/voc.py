@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 
 from liftkit.errors import DatasetError
-from liftkit.data.boxes import AnnotatedImage, BoxDataset, check_boxes
+from liftkit.data.boxes import AnnotatedImage, BoxDataset, annotation_number, check_boxes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -38,12 +38,8 @@ def _text(node: ET.Element, tag: str, where: str) -> str:
     return child.text.strip()
 
 
-def _number(node: ET.Element, tag: str, where: str) -> float:
-    s = _text(node, tag, where)
-    try:
-        return float(s)
-    except ValueError:
-        raise DatasetError(f"{where}: <{tag}> is '{s}', not a number; fix the annotation file") from None
+def _number(node: ET.Element, tag: str, where: str, **limits) -> float:
+    return annotation_number(_text(node, tag, where), where, f"<{tag}>", **limits)
 
 
 def _image_size(path: Path) -> Tuple[int, int]:
@@ -94,8 +90,9 @@ def parse_voc_xml(xml_path: Union[str, Path], root: Optional[Path] = None,
     filename = filename_node.text.strip() if filename_node is not None and filename_node.text else None
     image_path = find_image(root, image_id, filename)
     size = tree.find("size")
-    width = int(_number(size, "width", where)) if size is not None and size.find("width") is not None else 0
-    height = int(_number(size, "height", where)) if size is not None and size.find("height") is not None else 0
+    dims = dict(integer=True, minimum=0, maximum=1e6)  # 0 means unknown (some VOC files have it)
+    width = _number(size, "width", where, **dims) if size is not None and size.find("width") is not None else 0
+    height = _number(size, "height", where, **dims) if size is not None and size.find("height") is not None else 0
     if width <= 0 or height <= 0:  # some VOC files have <width>0</width>: read the image header instead
         width, height = _image_size(image_path)
     boxes: List[List[float]] = []
