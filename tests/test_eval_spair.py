@@ -116,7 +116,7 @@ def test_skip_bad_finishes_counts_and_exits_1(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["dataset"]["evaluated_pairs"] == 2 and len(res["dataset"]["skipped"]) == 1
     assert res["dataset"]["keypoints"] == 14
-    assert "1 pair(s) skipped" in capsys.readouterr().err
+    assert "1 item(s) skipped (--skip_bad)" in capsys.readouterr().err
 
 
 @pytest.mark.real_data

@@ -162,11 +162,12 @@ def test_folder_dataset_and_method_failure(tmp_path, capsys):
     r = json.loads(out_json.read_text())
     assert r["methods"]["low"]["corloc"] is None and r["methods"]["low"]["num_errors"] == 1
     assert [im["name"] for im in r["images"]] == ["cat"]
-    # with a usable facet the cat gets a box, no score, exit 0; --skip_bad counts the broken file instead
+    # with a usable facet the cat gets a box, no score; --skip_bad counts the broken file instead, exit 1 as in
+    # every evaluation script
     rc, out, err = _run(capsys, ["--dataset", "folder", "--dataroot", str(folder), "--offline", "--lift_path", "none",
                                  "--methods", "low", "--load_size", "112", "--facet", "value", "--skip_bad",
                                  "--output_json", str(out_json)])
-    assert rc == 0, err
+    assert rc == 1 and "error: 1 item(s) skipped (--skip_bad):" in err and "  - broken: " in err, err
     r = json.loads(out_json.read_text())
     assert r["dataset"]["num_skipped"] == 1 and r["dataset"]["skipped"][0]["item"] == "broken"
     res = r["images"][0]["results"]["low"]

@@ -203,3 +203,141 @@ def test_empty_or_truncated_weight_file_one_line(flag, case, tmp_path, capsys, t
     assert str(f) in lines[0] and ("it is empty (0 bytes)" if case.startswith("empty") else "it is truncated") in lines[0]
     assert ("--lift_path" if flag == "--lift_path" else "--backbone_weights") in lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------- class 4: sizes refused before allocating (exit 2)
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cmd(name):
+    import eval_davis
+    import eval_spair
+    import eval_tokencut
+    import eval_visualize_feats
+    import train_lift
+
+    return {"extract": lift_extractor.main, "spair": eval_spair.main, "tokencut": eval_tokencut.main,
+            "davis": eval_davis.main, "visualize": eval_visualize_feats.main, "train": train_lift.main}[name]
+
+
+def _size_cases(tmp_path):
+    img = str(_images(tmp_path / "in") / "a.png")
+    one = _images(tmp_path / "one", ("a.png",))
+    backbone = ["--model_type", "dino_vits16", "--random_init", "--quiet", "--device", "cpu"]
+    ext = ["--image_path", img, "--output_dir", str(tmp_path / "out")] + backbone
+    return {  # case -> (command, argv, exit code, words the one line must hold)
+        "extract_lift_iter_12": ("extract", ext + ["--upsample", "bilinear", "--lift_iter", "12"], 2,
+                                 ["bilinear12 output", "4.6 TB", "lower --lift_iter"]),
+        "extract_load_size_100000": ("extract", ext + ["--no_lift", "--load_size", "100000"], 2,
+                                     ["attention (B, heads, T, T) at 100000x100000", "lower --load_size"]),
+        "extract_batch_size": ("extract", ext + ["--no_lift", "--load_size", "224", "--batch_size", "2",
+                                                 "--max_memory_gb", "0.0005"], 2, ["lower --load_size"]),
+        "extract_per_image_no_resize": ("extract", ext + ["--upsample", "nearest", "--lift_iter", "7",
+                                                          "--load_size", "0", "--max_memory_gb", "0.01"], 1,
+                                        ["a.png: nearest7 output (B, C, 128h, 128w) = 1 x 384 x 256 x 384 x 4 B = 144.0 MB"]),
+        "spair_imsize_100000": ("spair", ["--data_root", "/nonexistent", "--imsize", "100000"] + backbone, 2,
+                                ["at 100000x100000", "lower --imsize"]),
+        "spair_lift9": ("spair", ["--data_root", "/nonexistent", "--methods", "low,bilinear9"] + backbone, 2,
+                        ["bilinear9 output", "in --methods"]),
+        "tokencut_imsize_100002": ("tokencut", ["--dataset", "folder", "--data_root", str(tmp_path / "in"),
+                                                "--lift_path", "none", "--methods", "low", "--imsize", "100002"]
+                                   + backbone, 2, ["at 100000x100000", "lower --imsize"]),
+        "tokencut_eigen_per_image": ("tokencut", ["--dataset", "folder", "--data_root", str(one),
+                                                  "--lift_path", "none", "--methods", "low,bilinear6",
+                                                  "--max_memory_gb", "4"] + backbone, 1,
+                                     ["a: TokenCut affinity of bilinear6 (N, N), N = 24576 cells", "4.5 GB"]),
+        "visualize_cka_scales": ("visualize", ["--image_path", img, "--output_dir", str(tmp_path / "out"),
+                                               "--lift_path", "none", "--cka_scales", "56,100000"] + backbone, 2,
+                                 ["at 100000x100000", "lower the largest of --cka_scales"]),
+        "visualize_load_size": ("visualize", ["--image_path", img, "--output_dir", str(tmp_path / "out"),
+                                              "--lift_path", "none", "--load_size", "100000"] + backbone, 2,
+                                "2x input lower --load_size".split(" ")[2:]),
+        "train_imsize": ("train", ["--data_root", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
+                                   "--imsize", "99968"] + backbone, 2, ["at 99968x99968", "lower --imsize"]),
+        "train_batch": ("train", ["--data_root", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
+                                  "--imsize", "256", "--batch_size", "100000"] + backbone, 2,
+                        ["100000 x 6 x 257 x 257", "lower --batch_size"]),
+    }
+
+
+SIZE_CASES = ["extract_lift_iter_12", "extract_load_size_100000", "extract_batch_size", "extract_per_image_no_resize",
+              "spair_imsize_100000", "spair_lift9", "tokencut_imsize_100002", "tokencut_eigen_per_image",
+              "visualize_cka_scales", "visualize_load_size", "train_imsize", "train_batch"]
+
+
+@pytest.mark.parametrize("case", SIZE_CASES)
+def test_sizes_refused_before_allocating(case, tmp_path, capsys, monkeypatch):
+    command, argv, code, words = _size_cases(tmp_path)[case]
+    before = _peak_rss_mb()
+    rc = _cmd(command)(argv)
+    err = capsys.readouterr().err
+    lines = _errors(err)
+    assert "Traceback" not in err and rc == code, err
+    text = " ".join(lines)
+    assert len(lines) == (1 if code == 2 else 2) and "over --max_memory_gb" in text, err
+    assert all(w in text for w in words), (words, text)
+    assert _peak_rss_mb() - before < 1024  # nothing large was allocated
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.pt"))
+
+
+def test_memory_prediction_values():
+    from liftkit.memory import GB, check_budget, eigen_tensors, plan_tensors
+    from liftkit.methods import Method
+
+    plan = [Method.parse("low"), Method.parse("lift2")]
+    t = {p.what.split(" (")[0]: p.nbytes for p in plan_tensors(384, 6, 14, 224, 336, plan, batch=2)}
+    assert t["attention"] == 2 * 6 * 385 * 385 * 4 and t["backbone tokens"] == 2 * 385 * 1536 * 4
+    assert t["LiFT output after iteration 2"] == 2 * 384 * 64 * 96 * 4
+    assert t["LiFT image branch at iteration 2"] == 2 * 32 * 448 * 672 * 4
+    (e,) = eigen_tensors(16, 24, [Method.parse("lift")])
+    assert e.shape == (32 * 48, 32 * 48) and e.nbytes == (32 * 48) ** 2 * 8
+    check_budget([e], 1, {})  # 18.9 MB fits in 1 GB
+    with pytest.raises(Exception, match=r"= 1536 x 1536 x 8 B = 18.0 MB, over --max_memory_gb 0.01; lower X"):
+        check_budget([e], 0.01, {"methods": "X"})
+    assert GB == 1 << 30
+
+
+# ---------------------------------------------------------------- class 3 in the commands: --skip_bad everywhere
+
+def _coco_set(root, bad_record):
+    import json
+
+    (root / "imgs").mkdir(parents=True)
+    for i in (1, 2):
+        Image.new("RGB", (64, 48), (40 * i, 90, 20)).save(root / "imgs" / f"{i:012d}.jpg")
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 64, "height": 48} for i in (1, 2)]
+    anns = [{"id": 10, "image_id": 1, "bbox": [5, 6, 40, 30], "category_id": 1, "iscrowd": 0}, bad_record]
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    return root
+
+
+@pytest.mark.parametrize("bad", [7, {"id": 11, "image_id": "2", "bbox": [1, 1, 5, 5]},
+                                 {"id": 11, "image_id": 2, "bbox": [float("nan"), 1, 5, 5]},
+                                 {"id": 11, "image_id": 2, "bbox": [1, 1, -5, 5]}])
+def test_tokencut_coco_bad_record_stops_or_is_skipped(bad, tmp_path, capsys):
+    import json
+
+    import eval_tokencut
+
+    root = _coco_set(tmp_path / "coco", bad)
+    argv = ["--dataset", "coco", "--data_root", str(root / "imgs"), "--annotations", str(root / "instances.json"),
+            "--methods", "low", "--lift_path", "none", "--facet", "value", "--load_size", "32",
+            "--model_type", "dino_vits16", "--random_init", "--quiet", "--device", "cpu"]
+    rc = eval_tokencut.main(argv)
+    err = capsys.readouterr().err
+    lines = _errors(err)
+    assert rc == 2 and len(lines) == 1 and "instances.json" in lines[0] and "Traceback" not in err, err
+    out = tmp_path / "r.json"
+    rc = eval_tokencut.main(argv + ["--skip_bad", "--output_json", str(out)])
+    err = capsys.readouterr().err
+    lines = _errors(err)  # the skipped record, and on a tiny random backbone maybe a TokenCut failure too
+    assert rc == 1 and "skipped" in lines[0] and "Traceback" not in err, err
+    # the bad record; with it gone image 2 may have no box left: skipped too, naming the same file
+    assert 1 <= sum("instances.json" in line for line in lines[1:]) <= 2
+    r = json.loads(out.read_text())["dataset"]
+    assert r["num_images"] == 1 and r["num_skipped"] == len(r["skipped"]) in (1, 2)
+    assert set(r["skipped"][0]) == {"item", "reason"} and "instances.json" in r["skipped"][0]["reason"]

@@ -32,20 +32,22 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from liftkit.cli import options
 from liftkit.cli.runner import ItemFailures, Run, run_command
 from liftkit.data.davis import DavisSequence, load_davis, write_label_png
-from liftkit.errors import ConfigError, LiftKitError
+from liftkit.errors import ConfigError, DatasetError, LiftKitError
 from liftkit.eval.davis_metrics import STAT_KEYS, evaluate_results_dir
 from liftkit.eval.label_propagation import PropagationConfig, iter_propagate_labels
 from liftkit.extractor import ViTExtractor
 from liftkit.methods import Method
 
 COMMAND = "eval_davis"
+MEMORY_FLAGS = {"size": "--short_side / --square_resize (--load_size)", "lift_iter": "the K of liftK in --methods",
+                "methods": "the K of liftK/bilinearK/highresK in --methods"}
 MARKER = "eval_davis_run.json"  # written in every method folder; --overwrite only deletes folders that have it
 
 
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resolution", default="480p", help="DAVIS resolution folder (default: 480p)")
     d.add_argument("--max_frames", type=int, default=None,
                    help="propagate and score only the first N frames of each sequence (quick checks; N >= 3)")
+    options.add_skip_bad(d)
     options.add_output_args(p, None, "masks go to <output_dir>/<method>/<seq>/*.png",
                             "write all figures (per method, sequence, object) here")
     o = p.add_argument_group("output")
@@ -206,6 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(args, run: Run) -> None:
     log = run.log
     failures: Dict[str, str] = {}
+    skipped: List[Tuple[str, str]] = []
     results: Dict[str, dict] = {}
     report: dict = {"run": run.info, "args": run.info["args"]}
     plan = _check_args(args)
@@ -217,26 +221,34 @@ def _run(args, run: Run) -> None:
         failures.update({f"{args.evaluate_only}/{k}": v for k, v in res.pop("failures").items()})
         results[Path(args.evaluate_only).name or "results"] = res
     else:
-        results = _propagate_and_score(args, run, plan, sequences, report, failures)
+        results = _propagate_and_score(args, run, plan, sequences, report, failures, skipped)
     if results:
         _print_tables(results)
-    report.update(methods=results, failures=failures)
+    report.update(methods=results, failures=failures, **options.skipped_json(skipped))
     if args.output_json:
         path = Path(args.output_json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_json_safe(report), indent=1))
         log.info(f"wrote {path}")
     if failures:
-        raise ItemFailures(f"{len(failures)} sequence run(s) failed", [f"{k}: {m}" for k, m in failures.items()])
+        raise ItemFailures(f"{len(failures)} sequence run(s) failed" + (f", {len(skipped)} skipped" if skipped else ""),
+                           [f"{k}: {m}" for k, m in list(failures.items()) + skipped])
+    if skipped:
+        raise options.skipped_failures(skipped)
 
 
 def _propagate_and_score(args, run: Run, plan: Sequence[Method], sequences, report: dict,
-                         failures: Dict[str, str]) -> Dict[str, dict]:
-    seqs = load_davis(args.data_root, args.set_name, sequences, args.resolution)
+                         failures: Dict[str, str], skipped: List[Tuple[str, str]]) -> Dict[str, dict]:
+    seqs = load_davis(args.data_root, args.set_name, sequences, args.resolution,
+                      skipped if args.skip_bad else None)
+    if not seqs:
+        raise DatasetError(f"no usable sequence in '{args.data_root}' ({len(skipped)} skipped)")
     out_root = Path(args.output_dir)
     for m in plan:  # before loading the model: fail early on stale results
         _fresh_dir(out_root / m.name, args.overwrite, check_only=True)
     ext = options.make_extractor(args, plan)
+    side = options.min_input_side(args.load_size, ext.patch_size)  # every frame is at least side x side
+    options.check_memory(args, ext.spec, side, side, plan, MEMORY_FLAGS)
     run.log.info(f"{options.describe_extractor(ext)}; {len(seqs)} sequence(s)")
     report["extractor"] = ext.describe()
     cfgs, dirs = {}, {}
@@ -255,7 +267,10 @@ def _propagate_and_score(args, run: Run, plan: Sequence[Method], sequences, repo
             for name, info in _run_sequence(ext, seq, plan, dirs, args, cfgs, args.quiet).items():
                 runs[name][seq.name] = info
         except LiftKitError as exc:
-            failures.update({f"{m.name}/{seq.name}": str(exc) for m in plan})
+            if args.skip_bad:
+                skipped.append((seq.name, str(exc)))
+            else:
+                failures.update({f"{m.name}/{seq.name}": str(exc) for m in plan})
     results: Dict[str, dict] = {}
     for m in plan:
         done = [s.name for s in seqs if s.name in runs[m.name]]

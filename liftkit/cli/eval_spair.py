@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from liftkit.cli import options
-from liftkit.cli.runner import ItemFailures, Run, run_command
+from liftkit.cli.runner import Run, run_command
 from liftkit.data.image_io import load_image
 from liftkit.data.spair import SPLITS, SpairPair, check_root, load_split
 from liftkit.errors import ConfigError, DatasetError, LiftKitError
@@ -37,10 +37,13 @@ from liftkit.eval.correspondence import (
 )
 from liftkit.eval.flops import count_flops
 from liftkit.extractor import ViTExtractor
+from liftkit.memory import Predicted
 from liftkit.methods import Method
 from liftkit.specs import get_spec
 
 COMMAND = "eval_spair"
+MEMORY_FLAGS = {"size": "--imsize (--load_size)", "methods": "the K of liftK/highresK/bilinearK in --methods",
+                "lift_iter": "the K of liftK in --methods"}
 DEFAULT_METHODS = "low,bilinear,highres,lift,lift2,lift3"
 CACHE_IMAGES = 8  # images whose features (all methods) are kept while pairs are processed
 
@@ -56,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of the per-category sampling (default 0)")
     d.add_argument("--sample_with_replacement", action="store_true",
                    help="sample like the official LiFT script (with replacement; duplicates possible)")
-    d.add_argument("--skip_bad", action="store_true",
-                   help="skip pairs with bad annotations or images, count them, and exit 1 at the end "
-                        "(default: stop at the first one)")
+    options.add_skip_bad(d)
     options.add_size_args(p, 224, ("pad",), "side of the padded square, a multiple of the patch size (default 224)",
                           imsize_alias=True)
     options.add_backbone_args(p)
@@ -178,6 +179,10 @@ def _check_args(args) -> Tuple[Method, ...]:
     if args.load_size % patch:
         raise ConfigError(f"--load_size {args.load_size} is not a multiple of the {patch}-px patch of "
                           f"{args.model_type}; use e.g. {patch * max(1, round(args.load_size / patch))}")
+    # the padded square, the FLOPs probe of the same size, and the features upsampled to it for matching
+    spec, s = get_spec(args.model_type), args.load_size
+    options.check_memory(args, spec, s, s, plan, MEMORY_FLAGS, extra=[Predicted(
+        "source + target features upsampled to imsize (2, C, imsize, imsize)", (2, spec.embed_dim, s, s))])
     return plan
 
 
@@ -226,7 +231,7 @@ def _run(args, run: Run) -> None:
             "data_path": str(data_root), "split": args.split, "selected_pairs": split.selected,
             "evaluated_pairs": int(sum(first.pairs.values())), "keypoints": int(sum(first.total.values())),
             "categories": {c: {"pairs": first.pairs[c], "keypoints": first.total[c]} for c in first.categories()},
-            "skipped": skipped,
+            **options.skipped_json(skipped),
         },
         "methods": {},
     }
@@ -259,4 +264,4 @@ def _run(args, run: Run) -> None:
         title = f"SPair-71k {args.split}, {ext.spec.name}, {d['evaluated_pairs']} pairs"
         log.info(f"wrote {plot_metric_vs_flops(results['methods'], Path(plot_path), 'pck@0.1', title=title)}")
     if skipped:
-        raise ItemFailures(f"{len(skipped)} pair(s) skipped (--skip_bad)", skipped)
+        raise options.skipped_failures(skipped)

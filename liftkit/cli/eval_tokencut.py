@@ -39,8 +39,11 @@ from liftkit.data.voc import load_voc
 from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitError
 from liftkit.eval.boxes import CORLOC_IOU, best_iou, draw_boxes
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
+from liftkit.memory import eigen_tensors
 
 COMMAND = "eval_tokencut"
+MEMORY_FLAGS = {"size": "--imsize (--load_size)", "methods": "the K of liftK/bilinearK/highresK in --methods "
+                "(TokenCut's eigen-problem grows as 16^K)", "lift_iter": "the K of liftK in --methods"}
 DATASETS = ("voc07", "voc12", "coco20k", "coco", "folder")
 DEFAULT_TAU = {"voc07": 0.2, "voc12": 0.2, "coco20k": 0.3, "coco": 0.3, "folder": 0.2}
 
@@ -57,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--annotations", type=Path, help="COCO instances JSON (coco, coco20k)")
     g.add_argument("--coco20k_list", type=Path, help="coco_20k_filenames.txt (coco20k)")
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    g.add_argument("--skip_bad", action="store_true",
-                   help="skip and count bad items (missing/empty annotations, unreadable images) instead of failing")
+    options.add_skip_bad(g)
     options.add_backbone_args(p)
     options.add_lift_args(p, "low,bilinear,lift")
     options.add_size_args(p, None, ("short", "square"), "resize the short side to this (default: the image's own "
@@ -118,6 +120,13 @@ def read_dataset_image(item: AnnotatedImage, min_side: int, has_gt: bool) -> Ima
     return pil
 
 
+def _check_memory(args, ext, plan, size_hw, item: str = "") -> None:
+    """The backbone, LiFT and baseline tensors and TokenCut's (N, N) eigen-problem of every method must fit."""
+    grid = (size_hw[0] // ext.patch_size, size_hw[1] // ext.patch_size)
+    options.check_memory(args, ext.spec, size_hw[0], size_hw[1], plan, MEMORY_FLAGS, item=item,
+                         extra=eigen_tensors(grid[0], grid[1], plan))
+
+
 def _fmt_box(b) -> List[float]:
     return [round(float(v), 3) for v in b]
 
@@ -144,6 +153,9 @@ def _run(args, run: Run) -> None:
                            f"({len(dataset.skipped)} skipped)")
     ext = options.make_extractor(args, plan)
     log.info(options.describe_extractor(ext))
+    if args.load_size:  # the smallest input these flags allow must fit (exit 2)
+        side = options.min_input_side(args.load_size, ext.patch_size)
+        _check_memory(args, ext, plan, (side, side))
     if args.save_vis is not None:
         args.save_vis.mkdir(parents=True, exist_ok=True)
 
@@ -155,6 +167,7 @@ def _run(args, run: Run) -> None:
     for k, item in enumerate(dataset.images):
         try:
             pil = read_dataset_image(item, ext.patch_size, has_gt)
+            _check_memory(args, ext, plan, ext.target_size(pil.size, args.load_size, args.resize_mode))
         except LiftKitError as exc:
             (skipped_runtime if args.skip_bad else failures).append((item.name, str(exc)))
             log.info(f"[{k + 1}/{n}] {item.name}: {'skipped' if args.skip_bad else 'failed'}: {exc}")
@@ -174,8 +187,7 @@ def _run(args, run: Run) -> None:
             "extractor": ext.describe(),
             "dataset": {"name": dataset.name, "dataroot": str(args.data_root), "set": args.set,
                         "num_images": len(records), "num_objects": sum(len(r.get("gt_boxes", [])) for r in records),
-                        "num_skipped": len(skipped),
-                        "skipped": [{"item": a, "reason": b} for a, b in skipped]},
+                        **options.skipped_json(skipped)},
             "tau": tau, "eps": args.eps, "solver": args.solver, "iou_threshold": CORLOC_IOU,
             "methods": summary,
             "images": records,
@@ -189,7 +201,10 @@ def _run(args, run: Run) -> None:
         else:
             log.info(f"wrote {json_path}")
     if failures:
-        raise ItemFailures(f"{len(failures)} failure(s)", [f"{a}: {b}" for a, b in failures])
+        raise ItemFailures(f"{len(failures)} failure(s)" + (f", {len(skipped)} skipped" if skipped else ""),
+                           [f"{a}: {b}" for a, b in failures + skipped])
+    if skipped:
+        raise options.skipped_failures(skipped)
 
 
 def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau: float, has_gt: bool,

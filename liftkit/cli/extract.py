@@ -32,7 +32,9 @@ from liftkit.io.outputs import atomic_write, check_output_file
 from liftkit.methods import Method
 
 COMMAND = "lift_extractor"
-DEFAULT_IMAGE = "assets/sample.jpg"  # the checkout's sample, relative to the working directory
+DEFAULT_IMAGE = "assets/sample.jpg"
+MEMORY_FLAGS = {"size": "--load_size", "lift_iter": "--lift_iter", "methods": "--lift_iter",
+                "batch": "--batch_size"}  # the checkout's sample, relative to the working directory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +121,10 @@ def _run(args, run: Run) -> None:
         raise ConfigError(f"--image_path {' '.join(args.image_path)}: no image found")
     if args.output_path and len(images) > 1:
         raise ConfigError("--output_path names one file but several images were given; use --output_dir")
+    mem_plan = [Method.parse("low"), method]
+    if args.load_size:  # the smallest input these flags allow must fit: refuse up front (exit 2)
+        side = options.min_input_side(args.load_size, ext.patch_size)
+        options.check_memory(args, ext.spec, side, side, mem_plan, MEMORY_FLAGS, min(args.batch_size, len(images)))
 
     parents = [p.resolve().parent for p in images]
     root = Path(os.path.commonpath(parents)) if len(images) > 1 else None
@@ -167,6 +173,12 @@ def _run(args, run: Run) -> None:
                 skipped += 1
                 continue
             x, img = ext.load_image(path, args.load_size or None, args.resize_mode, args.max_pixels, args.max_tokens)
+        except LiftKitError as exc:
+            failures.append(str(exc))
+            continue
+        try:  # this image at its size, in a full batch (one failed item)
+            options.check_memory(args, ext.spec, x.shape[-2], x.shape[-1], mem_plan, MEMORY_FLAGS, args.batch_size,
+                                 str(path))
         except LiftKitError as exc:
             failures.append(str(exc))
             continue

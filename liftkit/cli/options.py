@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 from liftkit.extractor import DTYPES, ViTExtractor, available_backbones
 from liftkit.methods import Method, needs_lift_message, parse_methods
+from liftkit.memory import MAX_MEMORY_HELP, check_budget, default_max_memory_gb, plan_tensors
 from liftkit.specs import DEFAULT_BACKBONE
 
 FACETS = ("key", "query", "value", "token")
@@ -104,6 +105,7 @@ def add_runtime_args(parser, device_default: str = "auto", dtype: bool = True,
     g.add_argument("--quiet", *quiet_aliases, dest="quiet", action="store_true",
                    help="no progress bars" + (f" (alias: {', '.join(quiet_aliases)})" if quiet_aliases else ""))
     g.add_argument("--log_level", choices=("debug", "info", "warning", "error"), default="info")
+    g.add_argument("--max_memory_gb", type=float, default=default_max_memory_gb(), help=MAX_MEMORY_HELP)
 
 
 def add_output_args(parser, output_dir: Optional[str] = None, output_dir_help: str = "output folder",
@@ -112,6 +114,33 @@ def add_output_args(parser, output_dir: Optional[str] = None, output_dir_help: s
     g.add_argument("--output_dir", default=output_dir, help=output_dir_help)
     if json_help is not None:
         g.add_argument("--output_json", default=None, help=json_help)
+
+
+SKIP_BAD_HELP = ("skip bad items (malformed annotation, unreadable image, broken pair or sequence), count them in "
+                 "the summary and in the JSON (num_skipped, skipped: [{item, reason}]) and exit 1 at the end; "
+                 "default: a bad annotation stops the run (exit 2)")
+
+
+def add_skip_bad(group) -> None:
+    """``--skip_bad``: the same meaning and exit code in every evaluation script (see :data:`SKIP_BAD_HELP`)."""
+    group.add_argument("--skip_bad", action="store_true", help=SKIP_BAD_HELP)
+
+
+def skipped_json(skipped) -> dict:
+    """``{"num_skipped": n, "skipped": [{"item", "reason"}]}`` from (item, reason) pairs or ``"item: reason"`` text."""
+    rows = []
+    for s in skipped:
+        item, reason = s if isinstance(s, tuple) else (str(s).split(": ", 1) + [""])[:2]
+        rows.append({"item": str(item), "reason": str(reason)})
+    return {"num_skipped": len(rows), "skipped": rows}
+
+
+def skipped_failures(skipped) -> "ItemFailures":
+    """The exit-1 report of the skipped items (raised at the end of a run with --skip_bad)."""
+    from liftkit.cli.runner import ItemFailures
+
+    rows = skipped_json(skipped)["skipped"]
+    return ItemFailures(f"{len(rows)} item(s) skipped (--skip_bad)", [f"{r['item']}: {r['reason']}" for r in rows])
 
 
 def lift_path_value(text) -> Optional[str]:
@@ -148,6 +177,28 @@ def describe_extractor(ext: ViTExtractor) -> str:
     return (f"backbone {ext.spec.name} weights={ext.info.weights_path or 'random'} ({ext.info.origin}) "
             f"sha256={ext.info.weights_sha256[:12]} layer={ext.layer} facet={ext.facet} p={ext.patch_size} "
             f"lift={ext.lift_path or 'none'}")
+
+
+def check_memory(args, spec, height: int, width: int, plan: Sequence[Method], flags: dict,
+                 batch: int = 1, item: str = "", extra: Sequence = ()) -> None:
+    """Refuse (MemoryBudgetError: exit 2 up front, or one failed item) a (batch, 3, height, width) input to the
+    backbone ``spec`` (a BackboneSpec: ``ext.spec``, or ``get_spec(--model_type)`` before loading) whose largest
+    predicted tensor (:mod:`liftkit.memory`) exceeds ``--max_memory_gb``; ``flags`` names the flags to change."""
+    from liftkit.errors import ConfigError
+
+    budget = getattr(args, "max_memory_gb", None)
+    if budget is None:
+        budget = default_max_memory_gb()
+    if not budget > 0:
+        raise ConfigError(f"--max_memory_gb {budget}: must be positive")
+    tensors = plan_tensors(spec.embed_dim, spec.num_heads, spec.patch_size, height, width, plan, batch,
+                           getattr(spec, "num_prefix_tokens", 1))
+    check_budget(list(tensors) + list(extra), budget, flags, item, batch)
+
+
+def min_input_side(size: int, patch: int) -> int:
+    """The smallest side an input of ``--load_size size`` can have (short side rounded to the patch)."""
+    return max(patch, (size // patch) * patch)
 
 
 def methods_plan(text: str):

@@ -36,7 +36,9 @@ from liftkit.cli import options
 from liftkit.cli.runner import ItemFailures, Run, run_command
 from liftkit.extractor import ViTExtractor
 from liftkit.lift.model import ARCHS, ATTEND_PRIORS, HEADS
-from liftkit.train.config import AMP_MODES, TrainConfig, TrainHooks
+from liftkit.methods import Method
+from liftkit.specs import get_spec
+from liftkit.train.config import AMP_MODES, TrainConfig, TrainHooks, validate_config
 from liftkit.train.data import DOWNSAMPLE_MODES, RESIZE_POLICIES
 from liftkit.train.loop import Trainer
 from liftkit.train.objective import LOSSES
@@ -158,6 +160,12 @@ def main(argv: Optional[List[str]] = None, hooks: Optional[TrainHooks] = None) -
 
 def _run(args, run: Run, hooks: Optional[TrainHooks]) -> None:
     cfg = config_from_args(args)
+    validate_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    # the backbone on the S x S batch (per process) and LiFT on it, before anything is loaded
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    options.check_memory(args, get_spec(cfg.model_type), cfg.imsize, cfg.imsize, [Method.parse("lift")],
+                         {"size": "--imsize (--load_size)", "lift_iter": "--imsize (--load_size)"},
+                         batch=max(1, cfg.batch_size // world))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     main_rank = int(os.environ.get("RANK", "0")) == 0

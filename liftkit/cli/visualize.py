@@ -35,6 +35,7 @@ from liftkit.cli.runner import ItemFailures, Run, run_command
 from liftkit.data.image_io import list_images
 from liftkit.errors import ConfigError, LiftKitError
 from liftkit.extractor import ViTExtractor
+from liftkit.methods import Method
 
 COMMAND = "eval_visualize_feats"
 CKA_METHODS = ("backbone", "bilinear", "lift")
@@ -126,6 +127,33 @@ def _to_grid(feats: torch.Tensor, grid) -> torch.Tensor:
     if feats.shape[-2] > grid[0]:
         return F.adaptive_avg_pool2d(feats, grid)
     return F.interpolate(feats, size=grid, mode="bilinear", align_corners=False)
+
+
+def _check_memory(args, ext: ViTExtractor, scales: List[int], n_images: int) -> None:
+    """Refuse up front (exit 2) maps or CKA scales whose largest predicted tensor exceeds --max_memory_gb."""
+    from liftkit.memory import Predicted, check_budget, lift_tensors
+
+    if any(s < 1 for s in scales):
+        raise ConfigError(f"--cka_scales '{args.cka_scales}': sizes must be positive")
+    low = Method.parse("low")
+    if not args.no_maps:
+        side = options.min_input_side(args.load_size, ext.patch_size) if args.load_size else ext.patch_size
+        plan = [low, Method.parse("bilinear"), Method.parse("highres")]
+        plan += [Method.parse(f"lift{args.lift_iter}")] if ext.lift is not None else []
+        options.check_memory(args, ext.spec, side, side, plan, {"size": "--load_size", "lift_iter": "--lift_iter",
+                                                                "methods": "--load_size"})
+    if args.no_cka:
+        return
+    flags = {"size": "the largest of --cka_scales", "lift_iter": "the ratio of the largest to the smallest "
+             "--cka_scales"}
+    grids = [max(1, s // ext.patch_size) for s in scales]
+    for s, g in zip(scales, grids):  # each scale's backbone pass and the features of every image kept at it
+        options.check_memory(args, ext.spec, g * ext.patch_size, g * ext.patch_size, [low], flags, extra=[Predicted(
+            f"CKA samples at {s} px (images, C, h, w) float64", (n_images, ext.embed_dim, g, g), 8)])
+    k = max(0, round(math.log2(max(grids) / min(grids))))
+    if ext.lift is not None and k:  # LiFT chained from the smallest scale to the largest
+        side = min(grids) * ext.patch_size
+        check_budget(lift_tensors(ext.embed_dim, min(grids), min(grids), side, side, k), args.max_memory_gb, flags)
 
 
 def cka_scale_invariance(ext: ViTExtractor, images: List, scales: List[int]) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -229,6 +257,7 @@ def _run(args, run: Run) -> None:
         paths = paths[: args.limit]
     if not paths:
         raise ConfigError(f"--image_path {' '.join(args.image_path)}: no image found")
+    _check_memory(args, ext, scales, len(paths))
 
     from tqdm import tqdm
 

@@ -262,7 +262,8 @@ def load_sequence(root: PathLike, name: str, resolution: str = "480p") -> DavisS
 
 
 def load_davis(
-    root: PathLike, set_name: str = "val", sequences: Optional[Sequence[str]] = None, resolution: str = "480p"
+    root: PathLike, set_name: str = "val", sequences: Optional[Sequence[str]] = None, resolution: str = "480p",
+    skipped: Optional[List[Tuple[str, str]]] = None,
 ) -> List[DavisSequence]:
     """The sequences of a DAVIS-2017 set (or the named subset of it), each indexed by :func:`load_sequence`.
 
@@ -270,6 +271,8 @@ def load_davis(
         root: the DAVIS root folder.
         set_name: ``ImageSets/2017/<set_name>.txt``.
         sequences: optional subset; every name must be listed in the set file.
+        skipped: when given (``--skip_bad``), a sequence that fails to load is appended as (name, message) and left
+            out instead of raising.
     """
     names = read_set_file(root, set_name)
     if sequences:
@@ -280,5 +283,13 @@ def load_davis(
                 f"choose from: {', '.join(names)}"
             )
         names = [n for n in names if n in set(sequences)]
-    return [load_sequence(root, n, resolution) for n in names]
+    if skipped is None:
+        return [load_sequence(root, n, resolution) for n in names]
+    out = []
+    for n in names:
+        try:
+            out.append(load_sequence(root, n, resolution))
+        except DatasetError as exc:
+            skipped.append((n, str(exc)))
+    return out
 

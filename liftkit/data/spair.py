@@ -307,7 +307,7 @@ def load_split(
             except DatasetError as exc:
                 if not skip_bad:
                     raise
-                result.skipped.append(str(exc))
+                result.skipped.append(f"{name}: {exc}")
                 loaded[name] = None  # type: ignore[assignment]
         if loaded[name] is not None:
             result.pairs.append(loaded[name])
