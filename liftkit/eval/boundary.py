@@ -6,6 +6,7 @@ The score of one image with object mask M (the paper's "cleaner object boundarie
    common component), L2-normalise each cell, k-means with k clusters (k-means++ seeded, best of 3 runs).
 2. **To pixels without interpolation**: each pixel of the mask's (H, W) frame takes the cluster of the grid cell it
    falls in (nearest), so a grid draws edges only at its own cell borders: a 2x denser grid can draw a 2x finer edge.
+   (Above 1,024 cells the centres are fitted on a seeded subset of 1,024 cells; every cell is then assigned.)
 3. **Oracle labelling**: a cluster is foreground when most of its (non-void) pixels are in M. This removes the
    question "which cluster is the object" and keeps the one we ask: are there cluster edges where M's edges are.
 4. **Boundary F** of that foreground against M: the DAVIS boundary F-measure (``davis_metrics.f_measure``: one-pixel
@@ -13,7 +14,7 @@ The score of one image with object mask M (the paper's "cleaner object boundarie
    VOC's void band (the 255 pixels along outlines) is given to the nearest labelled side first, so the edge sits in
    the middle of the band. The region IoU J of the same mask is reported alongside.
 
-The headline number is the mean of F over k in ``ks`` (default 2, 4, 8; fixed, never chosen per image or method).
+The headline number is the mean of F over k in ``ks`` (default 4, 8, 16; fixed, never chosen per image or method).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from scipy import ndimage
 
 from liftkit.eval.davis_metrics import BOUND_TH, db_eval_iou, f_measure
 
-DEFAULT_KS = (2, 4, 8)
+DEFAULT_KS = (4, 8, 16)
+FIT_POINTS = 1024
 
 
 def fill_void(foreground: np.ndarray, void: np.ndarray) -> np.ndarray:
@@ -38,8 +40,17 @@ def fill_void(foreground: np.ndarray, void: np.ndarray) -> np.ndarray:
     return foreground[iy, ix]
 
 
-def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50, n_init: int = 3) -> torch.Tensor:
+def _sq_dist(x: torch.Tensor, x2: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(N, k) squared distances from precomputed ``x2 = |x|^2`` (N, 1)."""
+    return (x2 - 2.0 * x @ c.t() + (c * c).sum(1)[None]).clamp_min(0)
+
+
+def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 30, n_init: int = 3,
+           max_fit: int = FIT_POINTS) -> torch.Tensor:
     """Lloyd's k-means with k-means++ seeding; the run of lowest inertia among ``n_init``.
+
+    Above ``max_fit`` points the centres are fitted on a seeded random subset of that size and every point is then
+    assigned to its nearest centre (a 4x denser grid then costs what the 2x grid does).
 
     Args:
         x: (N, D) float32.
@@ -47,30 +58,33 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50, n_init: int 
         (N,) int64 cluster ids in ``[0, min(k, N))``.
     """
     gen = torch.Generator().manual_seed(int(seed))
-    x = x.float().cpu()
+    full = x.float().cpu()
+    x = full if full.shape[0] <= max_fit else full[torch.randperm(full.shape[0], generator=gen)[:max_fit]]
+    x2 = (x * x).sum(1, keepdim=True)
     n = x.shape[0]
     k = max(1, min(int(k), n))
     best, best_inertia = None, float("inf")
     for _ in range(n_init):
         c = x[torch.randint(n, (1,), generator=gen)]
+        d = _sq_dist(x, x2, c)[:, 0]
         for _ in range(1, k):
-            d = torch.cdist(x, c).min(1).values ** 2
             idx = (torch.multinomial(d / d.sum(), 1, generator=gen) if d.sum() > 0
                    else torch.randint(n, (1,), generator=gen))
             c = torch.cat([c, x[idx]])
+            d = torch.minimum(d, _sq_dist(x, x2, x[idx])[:, 0])
+        lab = _sq_dist(x, x2, c).argmin(1)
         for _ in range(iters):
-            lab = torch.cdist(x, c).argmin(1)
             cnt = torch.bincount(lab, minlength=k).float()
             new = torch.zeros_like(c).index_add_(0, lab, x)
-            new = torch.where(cnt[:, None] > 0, new / cnt.clamp(min=1)[:, None], c)
-            if torch.equal(new, c):
+            c = torch.where(cnt[:, None] > 0, new / cnt.clamp(min=1)[:, None], c)
+            new_lab = _sq_dist(x, x2, c).argmin(1)
+            if torch.equal(new_lab, lab):
                 break
-            c = new
-        lab = torch.cdist(x, c).argmin(1)
-        inertia = float(((x - c[lab]) ** 2).sum())
+            lab = new_lab
+        inertia = float(_sq_dist(x, x2, c).gather(1, lab[:, None]).sum())
         if inertia < best_inertia:
-            best, best_inertia = lab, inertia
-    return best
+            best, best_inertia = c, inertia
+    return _sq_dist(full, (full * full).sum(1, keepdim=True), best).argmin(1)
 
 
 def segment(feats: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
