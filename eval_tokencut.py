@@ -37,9 +37,9 @@ from liftkit.data.voc import load_voc
 from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitError
 from liftkit.eval.boxes import CORLOC_IOU, AnnotatedImage, BoxDataset, best_iou, draw_boxes
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
+from liftkit.eval.tokencut_tau import auto_tau, parse_tau
 
 DATASETS = ("voc07", "voc12", "coco20k", "coco", "folder")
-DEFAULT_TAU = {"voc07": 0.2, "voc12": 0.2, "coco20k": 0.3, "coco": 0.3, "folder": 0.2}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load_size", "--imsize", dest="load_size", type=int, default=None,
                    help="resize the short side to this (default: the image's own size, rounded to the patch)")
     g = p.add_argument_group("TokenCut")
-    g.add_argument("--tau", type=float, default=None, help="affinity threshold (default 0.2 VOC/folder, 0.3 COCO)")
+    g.add_argument("--tau", default="auto",
+                   help="affinity threshold; 'auto' (default): the backbone table's value (liftkit/eval/tokencut_tau.py:"
+                        " the paper's 0.2 VOC / 0.3 COCO for DINO v1 keys, a value measured on training images for "
+                        "other backbones and facets); a number is used as given")
     g.add_argument("--eps", type=float, default=DEFAULT_EPS, help="weight of edges below tau")
     g.add_argument("--solver", default="auto", choices=SOLVERS,
                    help="dense: scipy eigh (reference); sparse: matrix-free Lanczos; auto: by grid size")
@@ -127,13 +130,14 @@ def _fmt_box(b) -> List[float]:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    tau = DEFAULT_TAU[args.dataset] if args.tau is None else args.tau
+    tau, tau_source = args.tau, "--tau"
     lift_path = None if str(args.lift_path).lower() == "none" else args.lift_path
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     resolved.update(methods=methods, tau=tau)
     print("eval_tokencut: " + json.dumps(resolved), file=sys.stderr)
 
     try:
+        tau = parse_tau(args.tau)
         if not methods:
             raise ConfigError("--methods is empty; give e.g. low,bilinear,lift")
         for m in methods:
@@ -154,6 +158,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if ext.lift is None and any(parse_method(m)[0] == "lift" for m in methods):
             raise ConfigError(f"--methods has '{[m for m in methods if m.startswith('lift')][0]}' but no LiFT is "
                               f"loaded for {args.model_type}: pass --lift_path FILE or drop it from --methods")
+        if tau is None:
+            tau, tau_source = auto_tau(ext.spec.name, ext.facet, ext.layer, ext.spec.depth, args.dataset)
+        resolved["tau"] = tau
+        print(f"eval_tokencut: tau {tau:g} ({tau_source})", file=sys.stderr)
         if args.save_vis is not None:
             args.save_vis.mkdir(parents=True, exist_ok=True)
     except LiftKitError as exc:
@@ -226,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "num_images": len(records), "num_objects": sum(len(r.get("gt_boxes", [])) for r in records),
                         "num_skipped": len(skipped),
                         "skipped": [{"item": a, "reason": b} for a, b in skipped]},
-            "tau": tau, "eps": args.eps, "solver": args.solver, "iou_threshold": CORLOC_IOU,
+            "tau": tau, "tau_source": tau_source, "eps": args.eps, "solver": args.solver, "iou_threshold": CORLOC_IOU,
             "methods": summary,
             "images": records,
             "failures": [{"item": a, "reason": b} for a, b in failures],
