@@ -162,6 +162,8 @@ def image_sets(args) -> Dict[str, List[Path]]:
         if not paths:
             raise ConfigError(f"--corr_images '{name}': no images (use coco, imagenet_val or an image folder)")
         out[name] = _spread(sorted(paths), args.limit)
+    if not out:
+        raise ConfigError("--corr_images is empty; give e.g. coco or an image folder")
     return out
 
 
@@ -173,9 +175,14 @@ def mask_sets(args) -> list:
             got = davis_first_frames(args.data_root / "DAVIS")
         elif name in ("voc07", "voc12"):
             got = voc_object_masks(args.data_root / f"VOC20{name[3:]}" / "VOCdevkit" / f"VOC20{name[3:]}", name)
-        else:
+        elif Path(name, "SegmentationObject").is_dir():
             got = voc_object_masks(Path(name), Path(name).name)
+        else:
+            raise ConfigError(f"--boundary_sets '{name}': use davis, voc07, voc12 or a VOC folder with "
+                              "SegmentationObject/")
         items += got[:args.limit] if args.limit else got
+    if not items:
+        raise ConfigError("--boundary_sets is empty; give e.g. davis,voc07")
     return items
 
 

@@ -39,6 +39,9 @@ def _run(capsys, argv):
     (["--recon_imsize", "420"], "error: --recon_imsize 420: must be a multiple of 4 x 14 px (S/4 on the grid)"),
     (["--alphas", "0.01,x"], "error: --alphas '0.01,x': give comma-separated floats"),
     (["--boundary_k", "1,4"], "error: --boundary_k '1,4': every value must be in [2, 64]"),
+    (["--boundary_sets", "davis,kitti"], "error: --boundary_sets 'kitti': use davis, voc07, voc12 or a VOC folder "
+                                         "with SegmentationObject/"),
+    (["--corr_images", ","], "error: --corr_images is empty; give e.g. coco or an image folder"),
     (["--corr_images", "/nonexistent_folder"], "error: --corr_images '/nonexistent_folder': no images (use coco, "
                                                "imagenet_val or an image folder)"),
 ])
