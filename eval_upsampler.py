@@ -230,11 +230,12 @@ def run_corr(ext, methods, paths, args, alphas) -> tuple:
     grids = {}
     for k, path in enumerate(paths):
         img = load_image(path, min_side=ext.patch_size)
-        src, trg = wp.random_pair(img.size[0], img.size[1], args.imsize, wp.pair_rng(args.seed, k), args.min_scale)
+        rng = wp.pair_rng(args.seed, k)
+        src, trg = wp.random_pair(img.size[0], img.size[1], args.imsize, rng, args.min_scale)
         fs, ft = (method_features(ext, ext.preprocess(v.render(img), size=(args.imsize,) * 2), methods)
                   for v in (src, trg))
         wp.score_pair({m: f[0] for m, f in fs.items()}, {m: f[0] for m, f in ft.items()}, src, trg, args.grid, acc,
-                      args.match)
+                      args.match, rng)
         grids = {m: "x".join(str(s) for s in f.shape[-2:]) for m, f in fs.items()}
         log(f"corr: {k + 1}/{len(paths)}", args.quiet or (k + 1) % 20)
     return {"images": len(paths), "imsize": args.imsize, "grid": args.grid, "match": args.match,

@@ -24,6 +24,12 @@ def test_forward_inverse_round_trip_and_composition():
         assert s_pts.shape == t_pts.shape == (36, 2)
         assert (s_pts >= 0).all() and (s_pts <= 224).all() and (t_pts > 0).all() and (t_pts < 224).all()
         np.testing.assert_allclose(trg.forward(src.inverse(s_pts)), t_pts, atol=1e-9)
+        # stratified random points: one per sub-block of the target, not on the block centres
+        j_pts, jt_pts = query_points(src, trg, 6, np.random.default_rng(i))
+        cell = 224 / 6
+        np.testing.assert_array_equal(np.floor(jt_pts / cell), np.floor(t_pts / cell))
+        assert np.abs(jt_pts - t_pts).max() > 1.0
+        np.testing.assert_allclose(trg.forward(src.inverse(j_pts)), jt_pts, atol=1e-9)
     # the same seed and index give the same warp; another index another one
     assert random_pair(640, 427, 224, pair_rng(0, 3)) == random_pair(640, 427, 224, pair_rng(0, 3))
     assert random_pair(640, 427, 224, pair_rng(0, 3)) != random_pair(640, 427, 224, pair_rng(0, 4))

@@ -13,8 +13,9 @@ side) at S x S; the *target* is a random sub-box of that square — side ``f`` t
 1/f), mirrored with probability 1/2, and colour-jittered (brightness, contrast, saturation factors and a hue shift;
 pixels only, the geometry is untouched). Both are rendered from the original image, so zooming in does not blur.
 
-Query points: a G x G grid at the centres of the G x G sub-blocks of the target box, mapped into the source; each has
-its true match inside the target. A source point's feature is read by bilinear interpolation of the L2-normalised
+Query points: one point drawn uniformly (seeded) in each of the G x G sub-blocks of the target box (stratified, so
+the points do not sit on a lattice aligned with any feature grid), mapped into the source; each has its true match
+inside the target. A source point's feature is read by bilinear interpolation of the L2-normalised
 source map at its exact position; its match is the most similar (cosine) target location:
 
 * ``cell`` (default): the best target **feature cell**; the prediction is that cell's centre. A method's precision
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -118,12 +119,20 @@ def random_pair(width: int, height: int, size: int, rng: np.random.Generator, mi
     return src, View((bx, by, bx + bw, by + bh), (size, size), flip, jit)
 
 
-def query_points(src: View, trg: View, grid: int) -> Tuple[np.ndarray, np.ndarray]:
-    """G x G query points: (source points, their true target points), each (G*G, 2) float64."""
+def query_points(src: View, trg: View, grid: int, rng: Optional[np.random.Generator] = None
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """G x G query points, one per sub-block of the target box: (source points, their true target points), each
+    (G*G, 2) float64.
+
+    With ``rng`` each point is drawn uniformly inside its sub-block (stratified), so the points are not on a lattice
+    that lines up with a feature grid's cell centres (which would quantise the errors); without, the block centres.
+    """
     x0, y0, x1, y1 = trg.box
-    t = (np.arange(grid) + 0.5) / grid
-    xs, ys = np.meshgrid(x0 + t * (x1 - x0), y0 + t * (y1 - y0))
-    orig = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    k = np.arange(grid)
+    tx, ty = np.meshgrid(k, k)
+    u = rng.uniform(size=(2, grid, grid)) if rng is not None else np.full((2, grid, grid), 0.5)
+    fx, fy = (tx + u[0]) / grid, (ty + u[1]) / grid
+    orig = np.stack([(x0 + fx * (x1 - x0)).ravel(), (y0 + fy * (y1 - y0)).ravel()], axis=1)
     return src.forward(orig), trg.forward(orig)
 
 
@@ -199,9 +208,13 @@ class WarpPCK:
 
 
 def score_pair(feats_src: Dict[str, torch.Tensor], feats_trg: Dict[str, torch.Tensor], src: View, trg: View,
-               grid: int, acc: Dict[str, WarpPCK], mode: str = "cell") -> None:
-    """Match one pair with every method's features (label -> (C, h, w)) and add the errors to ``acc``."""
-    src_pts, gt = query_points(src, trg, grid)
+               grid: int, acc: Dict[str, WarpPCK], mode: str = "cell",
+               rng: Optional[np.random.Generator] = None) -> None:
+    """Match one pair with every method's features (label -> (C, h, w)) and add the errors to ``acc``.
+
+    ``rng``: draws the query points (see :func:`query_points`); None = sub-block centres.
+    """
+    src_pts, gt = query_points(src, trg, grid, rng)
     src_hw, trg_hw = (src.out_wh[1], src.out_wh[0]), (trg.out_wh[1], trg.out_wh[0])
     for label, f_src in feats_src.items():
         pred = match_points(f_src, feats_trg[label], src_pts, src_hw, trg_hw, mode)
@@ -211,13 +224,3 @@ def score_pair(feats_src: Dict[str, torch.Tensor], feats_trg: Dict[str, torch.Te
 def pair_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of image ``index``'s warp: independent of the methods, the order and ``--limit``."""
     return np.random.default_rng([int(seed), int(index), 0x3A7])
-
-
-def pck_table_rows(acc: Dict[str, WarpPCK], group: str = "all") -> List[Tuple[str, List[float]]]:
-    """[(label, [PCK per alpha])] for one group (for quick printing)."""
-    return [(m, [a["pck"][k] for k in a["pck"]]) for m, a in ((m, w.summary()[group]) for m, w in acc.items())]
-
-
-def as_points(xy: Sequence[Sequence[float]]) -> np.ndarray:
-    """A list of (x, y) -> (K, 2) float64."""
-    return np.asarray(xy, np.float64).reshape(-1, 2)
