@@ -20,7 +20,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SHIPPED = "lift_dinov2_vits14_imgfocus.safetensors"
 COMMANDS = {"liftkit-extract": "lift_extractor", "liftkit-train": "train_lift", "liftkit-eval-spair": "eval_spair",
             "liftkit-eval-davis": "eval_davis", "liftkit-eval-tokencut": "eval_tokencut",
-            "liftkit-visualize": "eval_visualize_feats"}
+            "liftkit-eval-upsampler": "eval_upsampler", "liftkit-visualize": "eval_visualize_feats"}
 
 
 def _name(req: str) -> str:
@@ -121,6 +121,7 @@ def test_every_command_accepts_the_shared_flags_and_the_old_spellings():
            "eval_spair": {"--imsize", "--methods", "--lift_path", "--dtype", "--output_json"},
            "eval_davis": {"--short_side", "--square_resize", "--methods", "--lift_path", "--dtype", "--output_json"},
            "eval_tokencut": {"--imsize", "--methods", "--lift_path", "--dtype", "--output_json"},
+           "eval_upsampler": {"--imsize", "--methods", "--lift_path", "--dtype", "--lift_paths", "--recon_imsize"},
            "eval_visualize_feats": {"--image_path", "--lift_path", "--lift_iter", "--dtype"},
            "train_lift": {"--imsize", "--resize", "--no_progress"}}
     for script, extra in old.items():
@@ -133,3 +134,7 @@ def test_every_command_accepts_the_shared_flags_and_the_old_spellings():
     assert (a.data_root, a.load_size, a.resize_mode) == ("x", 112, "pad")
     a = eval_davis.build_parser().parse_args(["--dataroot", "y", "--square_resize", "224"])
     assert (a.data_root, a.load_size, a.resize_mode) == ("y", 224, "square")
+    from liftkit.cli import eval_upsampler
+
+    a = eval_upsampler.build_parser().parse_args(["--data_path", "z", "--imsize", "112", "--output_dir", "o"])
+    assert (str(a.data_root), a.load_size, a.resize_mode, a.recon_imsize) == ("z", 112, "short", 448)
