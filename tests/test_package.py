@@ -99,8 +99,12 @@ def test_hub_lift_entry_returns_the_module_alone():
 
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="setuptools is needed to build a wheel")
 def test_wheel_holds_the_package_data_and_the_console_scripts(tmp_path):
+    # build from a copy: setuptools writes build/ and *.egg-info/ next to the sources
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", ".cache", "runs", "output", "build",
+                                                              "*.egg-info", "__pycache__", ".pytest_cache"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+                        str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(tmp_path.glob("liftkit-*.whl"))
     with zipfile.ZipFile(wheel) as z:
