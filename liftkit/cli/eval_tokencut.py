@@ -38,6 +38,7 @@ from liftkit.data.image_io import list_images, load_image
 from liftkit.data.voc import load_voc
 from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitError
 from liftkit.eval.boxes import CORLOC_IOU, best_iou, draw_boxes
+from liftkit.eval.tokencut_tau import auto_tau, parse_tau
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
 from liftkit.memory import eigen_tensors
 
@@ -45,7 +46,6 @@ COMMAND = "eval_tokencut"
 MEMORY_FLAGS = {"size": "--imsize (--load_size)", "methods": "the K of liftK/bilinearK/highresK in --methods "
                 "(TokenCut's eigen-problem grows as 16^K)", "lift_iter": "the K of liftK in --methods"}
 DATASETS = ("voc07", "voc12", "coco20k", "coco", "folder")
-DEFAULT_TAU = {"voc07": 0.2, "voc12": 0.2, "coco20k": 0.3, "coco": 0.3, "folder": 0.2}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_size_args(p, None, ("short", "square"), "resize the short side to this (default: the image's own "
                           "size, rounded to the patch)", imsize_alias=True)
     g = p.add_argument_group("TokenCut")
-    g.add_argument("--tau", type=float, default=None, help="affinity threshold (default 0.2 VOC/folder, 0.3 COCO)")
+    g.add_argument("--tau", default="auto",
+                   help="affinity threshold; 'auto' (default): the backbone table's value (liftkit/eval/tokencut_tau.py:"
+                        " the paper's 0.2 VOC / 0.3 COCO for DINO v1 keys, a value measured on training images for "
+                        "other backbones and facets); a number is used as given")
     g.add_argument("--eps", type=float, default=DEFAULT_EPS, help="weight of edges below tau")
     g.add_argument("--solver", default="auto", choices=SOLVERS,
                    help="dense: scipy eigh (reference); sparse: matrix-free Lanczos; auto: by grid size")
@@ -139,8 +142,7 @@ def _run(args, run: Run) -> None:
     log = run.log
     plan = options.methods_plan(args.methods)
     methods = [m.name for m in plan]
-    tau = DEFAULT_TAU[args.dataset] if args.tau is None else args.tau
-    log.info(f"tau {tau:g} ({'--tau' if args.tau is not None else 'default of ' + args.dataset})")
+    tau, tau_source = parse_tau(args.tau), "--tau"
     if not 0 < args.eps < 1:
         raise ConfigError(f"--eps {args.eps} must be in (0, 1)")
     if args.limit is not None and args.limit < 1:
@@ -156,6 +158,9 @@ def _run(args, run: Run) -> None:
     if args.load_size:  # the smallest input these flags allow must fit (exit 2)
         side = options.min_input_side(args.load_size, ext.patch_size)
         _check_memory(args, ext, plan, (side, side))
+    if tau is None:
+        tau, tau_source = auto_tau(ext.spec.name, ext.facet, ext.layer, ext.spec.depth, args.dataset)
+    log.info(f"tau {tau:g} ({tau_source})")
     if args.save_vis is not None:
         args.save_vis.mkdir(parents=True, exist_ok=True)
 
@@ -188,7 +193,7 @@ def _run(args, run: Run) -> None:
             "dataset": {"name": dataset.name, "dataroot": str(args.data_root), "set": args.set,
                         "num_images": len(records), "num_objects": sum(len(r.get("gt_boxes", [])) for r in records),
                         **options.skipped_json(skipped)},
-            "tau": tau, "eps": args.eps, "solver": args.solver, "iou_threshold": CORLOC_IOU,
+            "tau": tau, "tau_source": tau_source, "eps": args.eps, "solver": args.solver, "iou_threshold": CORLOC_IOU,
             "methods": summary,
             "images": records,
             "failures": [{"item": a, "reason": b} for a, b in failures],
