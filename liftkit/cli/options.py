@@ -9,7 +9,8 @@
   train_lift; ``--resize`` in train_lift; ``--short_side N``, ``--square_resize N`` in eval_davis);
 * runtime: ``--device auto|cpu|cuda[:N]``, ``--dtype``, ``--quiet`` (no progress bars; alias ``--no_progress`` in
   train_lift), ``--log_level``;
-* outputs: ``--output_dir``, ``--output_json``.
+* outputs: ``--output_dir``, ``--output_json`` (checked before anything is loaded: liftkit.io.outputs);
+* limits: ``--max_memory_gb`` (every command, :mod:`liftkit.memory`), ``--skip_bad`` (evaluations, one meaning).
 
 ``--load_size`` is the size the image is fed at, read by ``--resize_mode``: ``short`` (short side to N, both sides
 rounded to multiples of the patch), ``square`` (N x N), ``pad`` (eval_spair: long side to N, zero-padded to an
