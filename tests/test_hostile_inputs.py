@@ -243,10 +243,10 @@ def _size_cases(tmp_path):
                                 ["at 100000x100000", "lower --imsize"]),
         "spair_lift9": ("spair", ["--data_root", "/nonexistent", "--methods", "low,bilinear9"] + backbone, 2,
                         ["bilinear9 output", "in --methods"]),
-        "tokencut_imsize_100002": ("tokencut", ["--dataset", "folder", "--data_root", str(tmp_path / "in"),
+        "tokencut_imsize_100002": ("tokencut", ["--dataset", "folder", "--tau", "0.2", "--data_root", str(tmp_path / "in"),
                                                 "--lift_path", "none", "--methods", "low", "--imsize", "100002"]
                                    + backbone, 2, ["at 100000x100000", "lower --imsize"]),
-        "tokencut_eigen_per_image": ("tokencut", ["--dataset", "folder", "--data_root", str(one),
+        "tokencut_eigen_per_image": ("tokencut", ["--dataset", "folder", "--tau", "0.2", "--data_root", str(one),
                                                   "--lift_path", "none", "--methods", "low,bilinear6",
                                                   "--max_memory_gb", "4"] + backbone, 1,
                                      ["a: TokenCut affinity of bilinear6 (N, N), N = 24576 cells", "4.5 GB"]),
@@ -324,7 +324,7 @@ def test_tokencut_coco_bad_record_stops_or_is_skipped(bad, tmp_path, capsys):
     import eval_tokencut
 
     root = _coco_set(tmp_path / "coco", bad)
-    argv = ["--dataset", "coco", "--data_root", str(root / "imgs"), "--annotations", str(root / "instances.json"),
+    argv = ["--dataset", "coco", "--tau", "0.2", "--data_root", str(root / "imgs"), "--annotations", str(root / "instances.json"),
             "--methods", "low", "--lift_path", "none", "--facet", "value", "--load_size", "32",
             "--model_type", "dino_vits16", "--random_init", "--quiet", "--device", "cpu"]
     rc = eval_tokencut.main(argv)

@@ -40,6 +40,7 @@ from liftkit.cli import options
 from liftkit.cli.runner import ItemFailures, Run, run_command
 from liftkit.data.davis import DavisSequence, load_davis, write_label_png
 from liftkit.errors import ConfigError, DatasetError, LiftKitError
+from liftkit.io.outputs import os_error_message
 from liftkit.eval.davis_metrics import STAT_KEYS, evaluate_results_dir
 from liftkit.eval.label_propagation import PropagationConfig, iter_propagate_labels
 from liftkit.extractor import ViTExtractor
@@ -266,7 +267,8 @@ def _propagate_and_score(args, run: Run, plan: Sequence[Method], sequences, repo
         try:
             for name, info in _run_sequence(ext, seq, plan, dirs, args, cfgs, args.quiet).items():
                 runs[name][seq.name] = info
-        except LiftKitError as exc:
+        except (LiftKitError, OSError) as exc:  # OSError: a mask that cannot be written
+            exc = exc if isinstance(exc, LiftKitError) else os_error_message(exc.filename or out_root, exc)
             if args.skip_bad:
                 skipped.append((seq.name, str(exc)))
             else:

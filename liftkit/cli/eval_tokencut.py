@@ -40,6 +40,7 @@ from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitErr
 from liftkit.eval.boxes import CORLOC_IOU, best_iou, draw_boxes
 from liftkit.eval.tokencut_tau import auto_tau, parse_tau
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
+from liftkit.io.outputs import os_error_message
 from liftkit.memory import eigen_tensors
 
 COMMAND = "eval_tokencut"
@@ -262,8 +263,11 @@ def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau
         if args.save_vis is not None:
             caption = f"{method}" + (f" IoU {iou:.2f}" if iou is not None else "")
             safe = item.name.replace("/", "_")
-            draw_boxes(pil, tc.box, item.boxes if has_gt else None, caption).save(
-                args.save_vis / f"{safe}_{method}.jpg", quality=90)
+            target = args.save_vis / f"{safe}_{method}.jpg"
+            try:
+                draw_boxes(pil, tc.box, item.boxes if has_gt else None, caption).save(target, quality=90)
+            except OSError as exc:  # the picture only: the result stands, the failure is listed
+                failures.append((f"{item.name} [{method}]", os_error_message(target, exc)))
     return rec, line
 
 

@@ -35,6 +35,7 @@ from liftkit.cli.runner import ItemFailures, Run, run_command
 from liftkit.data.image_io import list_images
 from liftkit.errors import ConfigError, LiftKitError
 from liftkit.extractor import ViTExtractor
+from liftkit.io.outputs import os_error_message
 from liftkit.methods import Method
 
 COMMAND = "eval_visualize_feats"
@@ -278,6 +279,8 @@ def _run(args, run: Run) -> None:
             save_pca_panel(out_dir / f"{path.stem}_pca.png", img, list(maps.values()), list(maps))
         except LiftKitError as exc:
             failures.append(str(exc))
+        except OSError as exc:  # a figure that cannot be written (no space, read-only...): this image fails
+            failures.append(os_error_message(exc.filename or out_dir, exc))
     if not args.no_cka and loaded:
         cka = cka_scale_invariance(ext, loaded, scales)
         out_dir.mkdir(parents=True, exist_ok=True)
