@@ -66,7 +66,7 @@ def test_output_flags_refused_before_loading(case, tmp_path, capsys, monkeypatch
     afile = tmp_path / "afile"
     afile.write_text("x")
     flag, value, message = {
-        "output_path_is_folder": ("--output_path", tmp_path, "is a folder; give a file name"),
+        "output_path_is_folder": ("--output_path", tmp_path, "it is a folder; give a file name"),
         "output_path_under_file": ("--output_path", afile / "x.pt", "lies under the regular file"),
         "output_dir_is_file": ("--output_dir", afile, "is a file, not a folder"),
         "output_dir_under_file": ("--output_dir", afile / "sub", "lies under the regular file"),

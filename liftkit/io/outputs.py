@@ -66,8 +66,8 @@ def _check_names(path: Path, flag: str) -> None:
         if n > limit:
             limit = name_max(Path(os.path.abspath(path)).parent)
         if n > limit:
-            raise OutputError(f"{flag} '{path}': the name '{part[:40]}...' is {n} bytes, over the file system's "
-                              f"{limit}; use a shorter name")
+            raise OutputError(f"cannot write to {flag} '{path}': the name '{part[:40]}...' is {n} bytes, over the "
+                              f"file system's {limit}; use a shorter name")
 
 
 def _check_under(path: Path, flag: str) -> None:
@@ -76,10 +76,11 @@ def _check_under(path: Path, flag: str) -> None:
     _check_names(path, flag)
     for parent in reversed(path.parents):
         if parent.exists() and not parent.is_dir():
-            raise OutputError(f"{flag} '{path}' lies under the regular file '{parent}'; choose another path")
+            raise OutputError(f"cannot write to {flag} '{path}': it lies under the regular file '{parent}'; choose "
+                              "another path")
     anc = _existing_ancestor(path.parent)
     if not os.access(str(anc), os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} '{path}': the folder '{anc}' is not writable; choose another path")
+        raise OutputError(f"cannot write to {flag} '{path}': the folder '{anc}' is not writable; choose another path")
 
 
 def check_output_file(path, flag: str = "--output_path") -> None:
@@ -87,7 +88,8 @@ def check_output_file(path, flag: str = "--output_path") -> None:
     _check_names(Path(path), flag)
     path = Path(path)
     if path.is_dir() or str(path).endswith(os.sep):
-        raise OutputError(f"{flag} '{path}' is a folder; give a file name (or use --output_dir for a folder)")
+        raise OutputError(f"cannot write to {flag} '{path}': it is a folder; give a file name (or --output_dir for "
+                          "a folder)")
     _check_under(path, flag)
 
 
@@ -96,7 +98,7 @@ def check_output_dir(path, flag: str = "--output_dir") -> None:
     _check_names(Path(path), flag)
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise OutputError(f"{flag} '{path}' is a file, not a folder; choose another {flag}")
+        raise OutputError(f"cannot write to {flag} '{path}': it is a file, not a folder; choose another {flag}")
     _check_under(path / "x", flag)
 
 
