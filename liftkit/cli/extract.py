@@ -23,7 +23,7 @@ from typing import List, Optional
 
 from liftkit.cli import options
 from liftkit.cli.extract_pipeline import SAVE_DTYPES, Job, extract_shard
-from liftkit.cli.runner import EXIT_FAILED_ITEMS, ItemFailures, Run, provenance_strings, run_command
+from liftkit.cli.runner import ItemFailures, Run, provenance_strings, run_command
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, list_images
 from liftkit.data.loader import default_num_workers, shard
 from liftkit.errors import ConfigError
@@ -83,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _output_file(image: Path, root: Optional[Path], args, single: bool) -> Path:
     if single and args.output_path:
         return Path(args.output_path)
-    rel = image.relative_to(root) if root is not None else Path(image.name)
-    return Path(args.output_dir) / rel.with_suffix("." + args.format)
+    return Path(args.output_dir) / _relative(image, root).with_suffix("." + args.format)
 
 
 def _check_args(args) -> None:
@@ -147,8 +146,8 @@ def _extract(args, run: Run, ctx) -> Optional[int]:
     if args.output_path and args.shard_size:
         raise ConfigError("--shard_size writes a store into --output_dir; drop --output_path")
 
-    parents = [p.resolve().parent for p in images]
-    root = Path(os.path.commonpath(parents)) if len(images) > 1 else None
+    # the inputs' common folder, symlinks kept (a folder of links mirrors the folder, not the links' targets)
+    root = Path(os.path.commonpath([os.path.abspath(p.parent) for p in images])) if len(images) > 1 else None
     single = len(images) == 1
     label = "none" if args.no_lift else (args.upsample or "lift")
     base_meta = {**ext.describe(), "layout": "CHW", "method": label, "dtype": args.dtype,
@@ -173,8 +172,8 @@ def _extract(args, run: Run, ctx) -> Optional[int]:
 
     gathered = gather_objects(records, ctx)  # every rank's records, on every rank
     if not ctx.is_main:
-        barrier(ctx)  # rank 0 writes the manifest and the index
-        return EXIT_FAILED_ITEMS if any(r["status"] == "failed" for rs in gathered for r in rs) else None
+        barrier(ctx)  # rank 0 writes the manifest and the index, reports, and exits 1 if an image failed
+        return None  # (a non-zero rank exiting 1 would make torchrun stop rank 0 before its summary)
     position = {str(p): i for i, p in enumerate(images)}
     allrec = sorted((r for rs in gathered for r in rs), key=lambda r: position[r["file"]])
     manifest = _manifest_path(args)
@@ -195,8 +194,13 @@ def _extract(args, run: Run, ctx) -> Optional[int]:
 
 
 def _store_key(image: Path, root: Optional[Path]) -> str:
-    rel = image.resolve().relative_to(root) if root is not None else Path(image.name)
-    return rel.with_suffix("").as_posix()
+    return _relative(image, root).with_suffix("").as_posix()
+
+
+def _relative(image: Path, root: Optional[Path]) -> Path:
+    if root is None:
+        return Path(image.name)
+    return Path(os.path.abspath(image)).relative_to(root)
 
 
 def _manifest_path(args) -> Optional[Path]:
