@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -168,9 +169,13 @@ def _extract(args, run: Run, ctx) -> Optional[int]:
         args.num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     mine = shard(jobs, ctx.rank, ctx.world)
     desc = "extract" if not ctx.enabled else f"extract (rank 0 of {ctx.world}; {len(mine)} of {len(jobs)} images)"
-    records = extract_shard(ext, mine, args, plan, method.name, base_meta, ctx.is_main, store, store_done, desc)
-
-    gathered = gather_objects(records, ctx)  # every rank's records, on every rank
+    start, stats = time.perf_counter(), {}
+    records = extract_shard(ext, mine, args, plan, method.name, base_meta, ctx.is_main, store, store_done, desc,
+                            stats)
+    gathered = gather_objects((records, stats), ctx)  # every rank's records, on every rank
+    elapsed = time.perf_counter() - start
+    stats_all = [st for _, st in gathered]
+    gathered = [rs for rs, _ in gathered]
     if not ctx.is_main:
         barrier(ctx)  # rank 0 writes the manifest and the index, reports, and exits 1 if an image failed
         return None  # (a non-zero rank exiting 1 would make torchrun stop rank 0 before its summary)
@@ -187,6 +192,10 @@ def _extract(args, run: Run, ctx) -> Optional[int]:
     log.info(f"done: {counts['ok']} extracted, {counts['skipped']} skipped (exist; --overwrite to redo), "
              f"{counts['failed']} failed -> {where}" + (f" (manifest {manifest})" if manifest else "")
              + (f" over {ctx.world} processes" if ctx.enabled else ""))
+    wait = sum(st.get("input_wait", 0.0) for st in stats_all) / max(1e-9, sum(st.get("loop", 0.0)
+                                                                           for st in stats_all))
+    log.info(f"extraction loop {elapsed:.2f} s: {counts['ok'] / max(elapsed, 1e-9):.2f} images/s; the model waited "
+             f"for input {100 * wait:.0f} % of the loop (all ranks); --num_workers {args.num_workers}")
     failures = [r["error"] for r in allrec if r["status"] == "failed"]
     if failures:
         raise ItemFailures(f"{len(failures)} of {len(images)} image(s) failed", failures)

@@ -10,6 +10,7 @@ number of sizes); one writer thread saves the outputs while the next batch is co
 from __future__ import annotations
 
 import sys
+import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -133,8 +134,11 @@ class _StoreSaver:
 
 def extract_shard(ext, jobs: List[Job], args, plan: List[str], out_name: str, base_meta: Dict[str, str],
                   is_main: bool, store: Optional[ShardWriter] = None, store_done: Optional[Dict[str, str]] = None,
-                  desc: str = "extract") -> List[Dict]:
+                  desc: str = "extract", stats: Optional[Dict[str, float]] = None) -> List[Dict]:
     """Extract this process's ``jobs``; returns their manifest records (in ``jobs`` order).
+
+    ``stats``, if given, receives ``input_wait`` (seconds the compute thread waited for the DataLoader),
+    ``compute`` (seconds in the model, CUDA synchronised) and ``loop`` (seconds of the whole loop).
 
     ``store_done``: key -> shard of the images already in the store (skipped unless ``--overwrite``).
     """
@@ -173,13 +177,17 @@ def extract_shard(ext, jobs: List[Job], args, plan: List[str], out_name: str, ba
         batch = pending.pop(key)
         waiting[0] -= len(batch)
         x = torch.cat([item["x"] for _, item in batch]).to(ext.device, non_blocking=cuda)
+        t0 = time.perf_counter()
         try:
             feats = ext.features(x, plan)
+            if cuda:
+                torch.cuda.synchronize(ext.device)
         except RuntimeError as exc:  # e.g. out of memory on a huge input
             for j, _ in batch:
                 fail(j, f"{j.path}: {str(exc).splitlines()[0]}")
             bar.update(len(batch))
             return
+        clock["compute"] += time.perf_counter() - t0
         low, out = feats["low"], feats[out_name]
         jobs_b, tensors, metas = [], [], []
         for i, (j, item) in enumerate(batch):
@@ -196,8 +204,16 @@ def extract_shard(ext, jobs: List[Job], args, plan: List[str], out_name: str, ba
                                                                                       args.format))
         bar.update(len(batch))
 
+    clock = {"input_wait": 0.0, "compute": 0.0}
+    start = time.perf_counter()
     try:
-        for item in loader:
+        items = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            item = next(items, None)
+            clock["input_wait"] += time.perf_counter() - t0
+            if item is None:
+                break
             j = todo[item["index"]]
             if item["error"] is not None:
                 fail(j, item["error"])
@@ -217,6 +233,8 @@ def extract_shard(ext, jobs: List[Job], args, plan: List[str], out_name: str, ba
     finally:
         writer.close()
         bar.close()
+    if stats is not None:
+        stats.update(clock, loop=time.perf_counter() - start)
     failed.update(writer.failed)
     for j in todo:
         if j.index in failed:
