@@ -190,3 +190,33 @@ def test_flag_checks(tmp_path, capsys):
     assert lift_extractor.main(base + ["--num_workers", "-1"]) == 2
     assert lift_extractor.main(base + ["--output_path", str(tmp_path / "a.pt"), "--shard_size", "2"]) == 2
     assert "--shard_size writes a store" in capsys.readouterr().err
+
+
+def _drop_times(obj):
+    if isinstance(obj, dict):
+        return {k: _drop_times(v) for k, v in obj.items() if not k.endswith("_s")}
+    if isinstance(obj, list):
+        return [_drop_times(v) for v in obj]
+    return obj
+
+
+def test_sharded_eval_tokencut_gives_the_one_process_json(tmp_path, one_thread):
+    import eval_tokencut
+
+    data = _folder(tmp_path, 4, start=50, bad=True)
+    out = tmp_path / "tc.json"
+    args = ["--dataset", "folder", "--dataroot", str(data), "--methods", "low,bilinear", "--load_size", "64",
+            "--facet", "value", "--tau", "0.9", "--output_json", str(out), "--lift_path", "none"] + [a for a in MODEL if a != "--no_lift"]
+    assert eval_tokencut.main(args) == 1  # the broken file fails
+    one = json.loads(out.read_text())
+    out.unlink()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(ROOT / "eval_tokencut.py")] + args, cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)
+    n_fail = len(one["failures"])
+    assert r.returncode == 1 and r.stderr.count(f"error: {n_fail} failure(s)") == 1, r.stderr[-3000:]
+    two = json.loads(out.read_text())
+    assert len(one["images"]) == 4 and [im["name"] for im in two["images"]] == [im["name"] for im in one["images"]]
+    assert one["failures"][-1]["item"] == "zz_bad" and any(im["results"]["low"]["box"] for im in one["images"])
+    assert _drop_times(two) == _drop_times(one)  # boxes, IoUs, summary, failures: all but the timings
