@@ -220,3 +220,36 @@ def test_sharded_eval_tokencut_gives_the_one_process_json(tmp_path, one_thread):
     assert len(one["images"]) == 4 and [im["name"] for im in two["images"]] == [im["name"] for im in one["images"]]
     assert one["failures"][-1]["item"] == "zz_bad" and any(im["results"]["low"]["box"] for im in one["images"])
     assert _drop_times(two) == _drop_times(one)  # boxes, IoUs, summary, failures: all but the timings
+
+
+def test_sharded_eval_spair_gives_the_one_process_json(tmp_path, one_thread):
+    import eval_spair
+
+    spair = require_shared_data(SHARED_DATA / "SPair-71k")
+    names = (spair / "Layout" / "large" / "test.txt").read_text().split()
+    names = [n for n in names if n.endswith(":aeroplane")][:3] + [n for n in names if n.endswith(":cow")][:3]
+    root = tmp_path / "SPair-71k"  # a few test pairs, two categories
+    (root / "Layout" / "large").mkdir(parents=True)
+    (root / "Layout" / "large" / "test.txt").write_text("\n".join(names) + "\n")
+    (root / "PairAnnotation" / "test").mkdir(parents=True)
+    for n in names:
+        (root / "PairAnnotation" / "test" / f"{n}.json").symlink_to(spair / "PairAnnotation" / "test" / f"{n}.json")
+    (root / "JPEGImages").symlink_to(spair / "JPEGImages", target_is_directory=True)
+    out = tmp_path / "spair.json"
+    args = ["--data_path", str(root), "--quiet", "--methods", "low,bilinear", "--lift_path", "none",
+            "--load_size", "64", "--output_json", str(out)] + \
+        [a for a in MODEL if a not in ("--no_lift", "--quiet")]
+    assert eval_spair.main(args) == 0
+    one = json.loads(out.read_text())
+    out.unlink()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(ROOT / "eval_spair.py")] + args, cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads(out.read_text())
+    assert one["dataset"]["evaluated_pairs"] >= 3 and len(one["dataset"]["categories"]) == 2
+    for res in (one, two):  # timings: sums over ranks, and an image may be computed on both ranks
+        for m in res["methods"].values():
+            m.pop("seconds_per_image"), m.pop("images_timed")
+    assert two == one  # PCK per category and overall, counts, shapes, FLOPs, config
