@@ -253,3 +253,25 @@ def test_sharded_eval_spair_gives_the_one_process_json(tmp_path, one_thread):
         for m in res["methods"].values():
             m.pop("seconds_per_image"), m.pop("images_timed")
     assert two == one  # PCK per category and overall, counts, shapes, FLOPs, config
+
+
+def test_sharded_eval_davis_gives_the_one_process_json(tmp_path, one_thread):
+    import eval_davis
+
+    davis = require_shared_data(SHARED_DATA / "DAVIS")
+    args = ["--data_path", str(davis), "--sequences", "blackswan,dog", "--methods", "low,bilinear",
+            "--max_frames", "3", "--short_side", "64", "--lift_path", "none", "--output_dir", str(tmp_path / "masks"),
+            "--output_json", str(tmp_path / "res.json")] + [a for a in MODEL if a != "--no_lift"]
+    assert eval_davis.main(args) == 0
+    (tmp_path / "res.json").rename(tmp_path / "one.json")
+    masks_one = _files(tmp_path / "masks", "png")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(ROOT / "eval_davis.py")] + args + ["--overwrite"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _files(tmp_path / "masks", "png") == masks_one and len(masks_one) == 2 * 2 * 3
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "res.json"))
+    assert _drop_times(two["methods"]) == _drop_times(one["methods"]) and two["failures"] == one["failures"] == {}
+    assert set(one["methods"]["low"]["per_sequence"]) == {"blackswan", "dog"}
+    assert two["args"] == {**one["args"], "overwrite": True}
