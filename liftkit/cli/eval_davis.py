@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import shutil
 import sys
@@ -46,7 +45,7 @@ from liftkit.eval.label_propagation import PropagationConfig, iter_propagate_lab
 from liftkit.extractor import ViTExtractor
 from liftkit.methods import Method
 from liftkit.data.loader import shard
-from liftkit.train.distributed import DistContext, barrier, gather_objects, init_distributed, shutdown_distributed
+from liftkit.train.distributed import DistContext, barrier, gather_objects, shutdown_distributed
 
 COMMAND = "eval_davis"
 MARKER = "eval_davis_run.json"  # written in every method folder; --overwrite only deletes folders that have it
@@ -209,12 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(args, run: Run) -> Optional[int]:
     """Under torchrun each rank propagates its share of the sequences (rank r: sequences r, r + N, ...) into the
     shared output folder; rank 0 gathers the runs and scores every sequence as one process would."""
-    ctx = init_distributed(use_cuda=str(args.device).startswith("cuda"))
+    ctx = options.join_torchrun(args, run.log)
     try:
-        if ctx.enabled and args.device == "cuda":
-            args.device = f"cuda:{ctx.local_rank}"
-        if not ctx.is_main:
-            run.log.setLevel(logging.WARNING)
         return _evaluate(args, run, ctx)
     finally:
         shutdown_distributed(ctx)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -40,7 +39,7 @@ from liftkit.eval.flops import count_flops
 from liftkit.extractor import ViTExtractor
 from liftkit.methods import Method
 from liftkit.specs import get_spec
-from liftkit.train.distributed import DistContext, gather_objects, init_distributed, shutdown_distributed
+from liftkit.train.distributed import DistContext, gather_objects, shutdown_distributed
 
 COMMAND = "eval_spair"
 DEFAULT_METHODS = "low,bilinear,highres,lift,lift2,lift3"
@@ -203,12 +202,8 @@ def _check_args(args) -> Tuple[Method, ...]:
 
 
 def _run(args, run: Run) -> Optional[int]:
-    ctx = init_distributed(use_cuda=str(args.device).startswith("cuda"))
+    ctx = options.join_torchrun(args, run.log)
     try:
-        if ctx.enabled and args.device == "cuda":
-            args.device = f"cuda:{ctx.local_rank}"
-        if not ctx.is_main:
-            run.log.setLevel(logging.WARNING)
         return _evaluate(args, run, ctx)
     finally:
         shutdown_distributed(ctx)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -42,7 +41,7 @@ from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitErr
 from liftkit.eval.boxes import CORLOC_IOU, best_iou, draw_boxes
 from liftkit.eval.tokencut_tau import auto_tau, parse_tau
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
-from liftkit.train.distributed import gather_objects, init_distributed, shutdown_distributed
+from liftkit.train.distributed import gather_objects, shutdown_distributed
 
 COMMAND = "eval_tokencut"
 DATASETS = ("voc07", "voc12", "coco20k", "coco", "folder")
@@ -135,12 +134,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(args, run: Run) -> Optional[int]:
     """Under torchrun each rank evaluates its share of the images (rank r: images r, r + N, ...); rank 0 gathers
     the per-image records in data-set order and writes the one-process summary and JSON."""
-    ctx = init_distributed(use_cuda=str(args.device).startswith("cuda"))
+    ctx = options.join_torchrun(args, run.log)
     try:
-        if ctx.enabled and args.device == "cuda":
-            args.device = f"cuda:{ctx.local_rank}"
-        if not ctx.is_main:
-            run.log.setLevel(logging.WARNING)
         return _evaluate(args, run, ctx)
     finally:
         shutdown_distributed(ctx)

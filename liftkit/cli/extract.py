@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from liftkit.errors import ConfigError
 from liftkit.io.feature_files import FORMATS
 from liftkit.io.feature_store import ShardWriter, scan_store, write_index
 from liftkit.methods import Method
-from liftkit.train.distributed import barrier, gather_objects, init_distributed, shutdown_distributed
+from liftkit.train.distributed import barrier, gather_objects, shutdown_distributed
 
 COMMAND = "lift_extractor"
 MANIFEST_FIELDS = ("file", "output", "grid", "status", "error")
@@ -118,12 +117,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run(args, run: Run) -> Optional[int]:
     _check_args(args)
-    ctx = init_distributed(use_cuda=str(args.device).startswith("cuda"))
+    ctx = options.join_torchrun(args, run.log)
     try:
-        if ctx.enabled and args.device == "cuda":
-            args.device = f"cuda:{ctx.local_rank}"
-        if not ctx.is_main:
-            run.log.setLevel(logging.WARNING)  # rank 0 alone reports
         return _extract(args, run, ctx)
     finally:
         shutdown_distributed(ctx)

@@ -24,7 +24,6 @@ from liftkit.io.feature_files import save_features
 from liftkit.io.feature_store import ShardWriter
 
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OWN_KEYS = ("image", "image_size", "input_size", "grid_low", "grid")
 
 
 @dataclass
