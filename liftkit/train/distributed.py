@@ -13,6 +13,8 @@ the parameter and buffer names of ``nn.BatchNorm2d``, so state dicts are interch
 
 from __future__ import annotations
 
+import datetime
+
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -52,7 +54,14 @@ def init_distributed(use_cuda: bool) -> DistContext:
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
+    """Leave the process group. On gloo every rank first meets the others (30 s at most), so that no rank tears its
+    connections down while a peer still uses them (which can abort the peer at exit)."""
     if ctx.enabled and dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+            except RuntimeError:
+                pass  # a peer is gone or failed: nothing left to wait for
         dist.destroy_process_group()
 
 
