@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "grid, i.e. x2 on a 2x grid")
     g.add_argument("--topk", type=int, default=5)
     g.add_argument("--temperature", type=float, default=0.1)
-    options.add_size_args(p, 480, ("short", "square"), "frame size: short side (short) or square side (square), "
+    options.add_size_args(p, 480, ("short", "square"), imsize_square=True, help="frame size: short side (short) or square side (square), "
                           "sides rounded to patch multiples (default 480)", davis_aliases=True)
     options.add_runtime_args(p)
     return p

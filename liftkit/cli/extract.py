@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("method")
     m.add_argument("--lift_iter", type=int, default=1, help="LiFT applications (each doubles the grid; default 1)")
     m.add_argument("--no_lift", action="store_true", help="save the backbone's own grid (no LiFT)")
-    m.add_argument("--upsample", choices=("bilinear", "nearest"), default=None,
-                   help="baseline instead of LiFT: upsample the backbone grid by 2^lift_iter")
+    m.add_argument("--upsample", choices=("bilinear", "nearest", "jbu"), default=None,
+                   help="baseline instead of LiFT: upsample the backbone grid by 2^lift_iter (jbu: joint bilateral, "
+                        "guided by the image; sigmas --jbu_sigma_spatial, --jbu_sigma_range)")
     options.add_size_args(p, 224, ("short", "square"), "short side the image is resized to before rounding to patch "
                           "multiples (0: keep size; default 224)")
     options.add_runtime_args(p)
@@ -101,7 +102,8 @@ def _run(args, run: Run) -> None:
     ext = options.make_extractor(args, [method], use_lift=use_lift, instead="use --no_lift / --upsample bilinear")
     log.info(options.describe_extractor(ext))
     if use_lift:
-        log.info(f"LiFT {ext.lift_path} (x{args.lift_iter})")
+        log.info(f"LiFT {ext.lift_path} (x{args.lift_iter})" + (
+            f"; backbone taken from --model_type {ext.spec.name}" if "model_type" in ext.lift_meta.source else ""))
     images = list_images(args.image_path)
     if not images:
         raise ConfigError(f"--image_path {' '.join(args.image_path)}: no image found")

@@ -3,7 +3,8 @@
 * dataset folder: ``--data_root`` (aliases ``--data_path``, ``--dataroot``);
 * input images: ``--image_path`` (aliases ``--data_root``, ``--data_path``, ``--dataroot``);
 * backbone: ``--model_type --backbone_weights --offline --random_init --layer --facet --channel_order``;
-* LiFT file: ``--lift_path auto|none|FILE`` (every command that applies a LiFT);
+* LiFT file: ``--lift_path auto|none|random|FILE`` (every command that applies a LiFT; ``random``: an untrained LiFT
+  seeded by ``--seed``); JBU sigmas ``--jbu_sigma_spatial``, ``--jbu_sigma_range`` (the ``jbu`` method);
 * methods: ``--methods low,bilinear,lift,...``, parsed once into a plan (:mod:`liftkit.methods`);
 * input size: ``--load_size N`` + ``--resize_mode`` (aliases: ``--imsize`` in eval_spair, eval_tokencut and
   train_lift; ``--resize`` in train_lift; ``--short_side N``, ``--square_resize N`` in eval_davis);
@@ -22,6 +23,7 @@ import argparse
 from typing import Optional, Sequence
 
 from liftkit.extractor import DTYPES, ViTExtractor, available_backbones
+from liftkit.lift.jbu import DEFAULT_SIGMA_RANGE, DEFAULT_SIGMA_SPATIAL
 from liftkit.methods import Method, needs_lift_message, parse_methods
 from liftkit.specs import DEFAULT_BACKBONE
 
@@ -56,26 +58,41 @@ def add_backbone_args(parser, layer_help: str = "block index, 0-based; -1 = last
 
 
 def add_lift_args(parser, methods_default: Optional[str] = None) -> None:
-    """``--lift_path`` and, when ``methods_default`` is given, ``--methods``."""
+    """``--lift_path``, ``--seed`` (unless the command declares its own), the JBU sigmas and, when
+    ``methods_default`` is given, ``--methods``."""
     g = parser.add_argument_group("LiFT and methods")
-    g.add_argument("--lift_path", default="auto", help="LiFT file (.safetensors or official .pth); 'auto' (default): "
-                   "lift_<model_type>.safetensors from $LIFTKIT_WEIGHTS_DIR or pretrained/, else the shipped one; "
-                   "'none': no LiFT")
+    g.add_argument("--lift_path", default="auto", help="LiFT file (.safetensors or official .pth under any name: "
+                   "its backbone is then --model_type); 'auto' (default): lift_<model_type>.safetensors from "
+                   "$LIFTKIT_WEIGHTS_DIR or pretrained/, else the shipped one; 'none': no LiFT; 'random': an "
+                   "untrained LiFT seeded by --seed (the paper's random-LiFT ablation)")
+    if "--seed" not in parser._option_string_actions:
+        g.add_argument("--seed", type=int, default=0, help="seed of --lift_path random (default 0)")
+    g.add_argument("--jbu_sigma_spatial", type=float, default=DEFAULT_SIGMA_SPATIAL,
+                   help=f"jbu method: spatial sigma in backbone cells (default {DEFAULT_SIGMA_SPATIAL})")
+    g.add_argument("--jbu_sigma_range", type=float, default=DEFAULT_SIGMA_RANGE,
+                   help=f"jbu method: range sigma on RGB in [0, 1] (default {DEFAULT_SIGMA_RANGE})")
     if methods_default is not None:
         g.add_argument("--methods", default=methods_default,
-                       help="comma-separated: low, bilinear, nearest, highres, lift, liftK, bilinearK, highresK "
-                            f"(default {methods_default})")
+                       help="comma-separated: low, bilinear, nearest, highres, jbu, lift, liftK, bilinearK, highresK, "
+                            f"jbuK (default {methods_default})")
 
 
 def add_size_args(parser, default: Optional[int], modes: Sequence[str], help: str, imsize_alias: bool = False,
-                  davis_aliases: bool = False, resize_alias: bool = False) -> None:
-    """``--load_size`` and ``--resize_mode`` (see the module docstring); the aliases where they exist today."""
+                  davis_aliases: bool = False, resize_alias: bool = False, imsize_square: bool = False) -> None:
+    """``--load_size`` and ``--resize_mode`` (see the module docstring); the aliases where they exist today.
+
+    ``imsize_square``: ``--imsize N`` with the official LiFT scripts' meaning in eval_davis, eval_tokencut and
+    eval_visualize_feats, the N x N square (``--load_size N --resize_mode square``).
+    """
     g = parser.add_argument_group("input size")
     flags = ["--load_size"] + (["--imsize"] if imsize_alias else [])
     g.add_argument(*flags, dest="load_size", type=int, default=default,
                    help=help + (" (alias: --imsize)" if imsize_alias else ""))
     g.add_argument("--resize_mode", *(["--resize"] if resize_alias else []), dest="resize_mode", choices=tuple(modes),
                    default=modes[0], help=f"default {modes[0]}" + (" (alias: --resize)" if resize_alias else ""))
+    if imsize_square:
+        g.add_argument("--imsize", type=int, action=_SizeAlias, mode="square", metavar="N",
+                       help="the official scripts' --imsize: same as --load_size N --resize_mode square")
     if davis_aliases:
         g.add_argument("--short_side", type=int, action=_SizeAlias, mode="short", metavar="N",
                        help="same as --load_size N --resize_mode short")
@@ -137,6 +154,8 @@ def make_extractor(args, plan: Sequence[Method] = (), use_lift: bool = True,
         model_type=args.model_type, layer=args.layer, facet=args.facet, channel_order=args.channel_order,
         backbone_weights=args.backbone_weights, offline=args.offline, random_init=args.random_init,
         lift_path=lift_path, device=args.device, dtype=getattr(args, "dtype", "float32"),
+        jbu_sigma_spatial=getattr(args, "jbu_sigma_spatial", DEFAULT_SIGMA_SPATIAL),
+        jbu_sigma_range=getattr(args, "jbu_sigma_range", DEFAULT_SIGMA_RANGE), lift_seed=getattr(args, "seed", 0) or 0,
     )
     if plan:
         ext.require_lift(plan, instead)
@@ -147,7 +166,7 @@ def describe_extractor(ext: ViTExtractor) -> str:
     """The one log line naming what the features come from."""
     return (f"backbone {ext.spec.name} weights={ext.info.weights_path or 'random'} ({ext.info.origin}) "
             f"sha256={ext.info.weights_sha256[:12]} layer={ext.layer} facet={ext.facet} p={ext.patch_size} "
-            f"lift={ext.lift_path or 'none'}")
+            f"lift={ext.lift_path or 'none'}" + (f" [{ext.lift_meta.source}]" if ext.lift_meta is not None else ""))
 
 
 def methods_plan(text: str):

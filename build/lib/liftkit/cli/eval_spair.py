@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default="test", choices=SPLITS, help="pair list Layout/large/<split>.txt (default test)")
     d.add_argument("--pairs_per_category", type=int, default=0,
                    help="sample N pairs per category without replacement (default 0: all pairs)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the per-category sampling (default 0)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the per-category sampling and of --lift_path random (default 0)")
     d.add_argument("--sample_with_replacement", action="store_true",
                    help="sample like the official LiFT script (with replacement; duplicates possible)")
     d.add_argument("--skip_bad", action="store_true",
