@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from liftkit.cli import options
-from liftkit.cli.runner import ItemFailures, Run, run_command
+from liftkit.cli.runner import ItemFailures, Run, run_command, run_sweep
 from liftkit.data.boxes import AnnotatedImage, BoxDataset
 from liftkit.data.coco import load_coco, read_coco20k_list
 from liftkit.data.image_io import list_images, load_image
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_backbone_args(p)
     options.add_lift_args(p, "low,bilinear,lift")
     options.add_size_args(p, None, ("short", "square"), "resize the short side to this (default: the image's own "
-                          "size, rounded to the patch)", imsize_square=True)
+                          "size, rounded to the patch)", imsize_square=True, sweep=True)
     g = p.add_argument_group("TokenCut")
     g.add_argument("--tau", type=float, default=None, help="affinity threshold (default 0.2 VOC/folder, 0.3 COCO)")
     g.add_argument("--eps", type=float, default=DEFAULT_EPS, help="weight of edges below tau")
@@ -155,7 +155,8 @@ def _fmt_box(b) -> List[float]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_command(COMMAND, build_parser(), argv, _run)
+    return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
+        args, run, _run, lambda res: {m: r["corloc"] for m, r in res.items()}, "CorLoc"))
 
 
 def _run(args, run: Run) -> None:
@@ -224,6 +225,7 @@ def _run(args, run: Run) -> None:
             log.info(f"wrote {json_path}")
     if failures:
         raise ItemFailures(f"{len(failures)} failure(s)", [f"{a}: {b}" for a, b in failures])
+    return summary
 
 
 def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau: float, has_gt: bool,

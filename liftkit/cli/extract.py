@@ -26,8 +26,8 @@ import torch
 from liftkit.cli import options
 from liftkit.cli.runner import ItemFailures, Run, provenance_strings, run_command
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, list_images
-from liftkit.errors import ConfigError, LiftKitError
-from liftkit.io.feature_files import FORMATS, save_features
+from liftkit.errors import ConfigError, ImageLoadError, LiftKitError
+from liftkit.io.feature_files import FORMATS, SUFFIX, save_features
 from liftkit.methods import Method
 
 COMMAND = "lift_extractor"
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_image_path(io, [DEFAULT_IMAGE], "image file(s), folder(s) (searched recursively) or glob(s) "
                            f"(default: {DEFAULT_IMAGE} in the working directory)")
     io.add_argument("--output_path", default=None, help="output file, for a single input image")
-    io.add_argument("--format", choices=FORMATS, default="pt", help="feature file format (default: pt)")
+    io.add_argument("--format", choices=FORMATS, default="pt", help="feature file format (default: pt; official: "
+                    "exactly what the official lift_extractor.py writes, a [1, T', C] tensor via torch.save, .pth)")
     io.add_argument("--save_vis", action="store_true",
                     help="also write <name>_vis.png: the image, PCA pictures of the backbone and the output features")
     io.add_argument("--overwrite", action="store_true", help="overwrite existing output files (default: skip them)")
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "guided by the image; sigmas --jbu_sigma_spatial, --jbu_sigma_range)")
     options.add_size_args(p, 224, ("short", "square"), "short side the image is resized to before rounding to patch "
                           "multiples (0: keep size; default 224)")
+    options.add_protocol_arg(p.add_argument_group("protocol"), "the official preprocessing (PIL image without EXIF "
+                             "rotation, short side to --load_size with torchvision's Resize(LANCZOS), the official "
+                             "normalisation per model, right/bottom remainder cropped to patch multiples)")
     options.add_runtime_args(p)
     r = p.add_argument_group("limits")
     r.add_argument("--batch_size", type=int, default=1, help="images per forward pass (same-size images are batched)")
@@ -69,7 +73,7 @@ def _output_file(image: Path, root: Optional[Path], args, single: bool) -> Path:
     if single and args.output_path:
         return Path(args.output_path)
     rel = image.relative_to(root) if root is not None else Path(image.name)
-    return Path(args.output_dir) / rel.with_suffix("." + args.format)
+    return Path(args.output_dir) / rel.with_suffix("." + SUFFIX.get(args.format, args.format))
 
 
 def _check_args(args) -> None:
@@ -88,6 +92,21 @@ def output_method(args) -> Method:
     if args.no_lift:
         return Method.parse("low")
     return Method.parse(f"{args.upsample or 'lift'}{args.lift_iter}")
+
+
+def _official_input(path: Path, args, ext):
+    """(tensor, PIL image) as the official lift_extractor.py preprocesses ``path`` (``--protocol official``)."""
+    from PIL import Image
+
+    from liftkit.data.transforms import official_normalisation, official_to_tensor
+
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"'{path}' cannot be read ({exc})") from None
+    mean, std = official_normalisation(args.model_type)
+    return official_to_tensor(img, args.load_size or None, mean, std, ext.patch_size).to(ext.device), img
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -155,7 +174,11 @@ def _run(args, run: Run) -> None:
             skipped += 1
             continue
         try:
-            x, img = ext.load_image(path, args.load_size or None, args.resize_mode, args.max_pixels, args.max_tokens)
+            if args.protocol == "official":
+                x, img = _official_input(path, args, ext)
+            else:
+                x, img = ext.load_image(path, args.load_size or None, args.resize_mode, args.max_pixels,
+                                        args.max_tokens)
         except LiftKitError as exc:
             failures.append(str(exc))
             continue

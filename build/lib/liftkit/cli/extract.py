@@ -27,7 +27,7 @@ from liftkit.cli import options
 from liftkit.cli.runner import ItemFailures, Run, provenance_strings, run_command
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, list_images
 from liftkit.errors import ConfigError, LiftKitError
-from liftkit.io.feature_files import FORMATS, save_features
+from liftkit.io.feature_files import FORMATS, SUFFIX, save_features
 from liftkit.methods import Method
 
 COMMAND = "lift_extractor"
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_image_path(io, [DEFAULT_IMAGE], "image file(s), folder(s) (searched recursively) or glob(s) "
                            f"(default: {DEFAULT_IMAGE} in the working directory)")
     io.add_argument("--output_path", default=None, help="output file, for a single input image")
-    io.add_argument("--format", choices=FORMATS, default="pt", help="feature file format (default: pt)")
+    io.add_argument("--format", choices=FORMATS, default="pt", help="feature file format (default: pt; official: "
+                    "exactly what the official lift_extractor.py writes, a [1, T', C] tensor via torch.save, .pth)")
     io.add_argument("--save_vis", action="store_true",
                     help="also write <name>_vis.png: the image, PCA pictures of the backbone and the output features")
     io.add_argument("--overwrite", action="store_true", help="overwrite existing output files (default: skip them)")
@@ -69,7 +70,7 @@ def _output_file(image: Path, root: Optional[Path], args, single: bool) -> Path:
     if single and args.output_path:
         return Path(args.output_path)
     rel = image.relative_to(root) if root is not None else Path(image.name)
-    return Path(args.output_dir) / rel.with_suffix("." + args.format)
+    return Path(args.output_dir) / rel.with_suffix("." + SUFFIX.get(args.format, args.format))
 
 
 def _check_args(args) -> None:

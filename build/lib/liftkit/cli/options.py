@@ -78,20 +78,30 @@ def add_lift_args(parser, methods_default: Optional[str] = None) -> None:
 
 
 def add_size_args(parser, default: Optional[int], modes: Sequence[str], help: str, imsize_alias: bool = False,
-                  davis_aliases: bool = False, resize_alias: bool = False, imsize_square: bool = False) -> None:
+                  davis_aliases: bool = False, resize_alias: bool = False, imsize_square: bool = False,
+                  sweep: bool = False) -> None:
     """``--load_size`` and ``--resize_mode`` (see the module docstring); the aliases where they exist today.
 
     ``imsize_square``: ``--imsize N`` with the official LiFT scripts' meaning in eval_davis, eval_tokencut and
     eval_visualize_feats, the N x N square (``--load_size N --resize_mode square``).
+    ``sweep``: the evaluations' input-size sweep: ``--sweep_sizes 56,112,224,448``, or a comma list given to
+    ``--load_size``/``--imsize`` (``args.sweep_sizes``: the list, or None for one size).
     """
     g = parser.add_argument_group("input size")
     flags = ["--load_size"] + (["--imsize"] if imsize_alias else [])
-    g.add_argument(*flags, dest="load_size", type=int, default=default,
-                   help=help + (" (alias: --imsize)" if imsize_alias else ""))
+    size_kw = {"type": _size_list, "action": _SizeAlias, "mode": None} if sweep else {"type": int}
+    g.add_argument(*flags, dest="load_size", default=default, **size_kw,
+                   help=help + (" (alias: --imsize)" if imsize_alias else "")
+                   + ("; a comma list (56,112,224,448) runs a sweep" if sweep else ""))
+    if sweep:
+        parser.set_defaults(sweep_sizes=None)
+        g.add_argument("--sweep_sizes", type=_size_list, action=_SizeAlias, mode=None, metavar="N,N,...",
+                       help="run the evaluation once per input size (one row per size in the sweep table), "
+                            "e.g. 56,112,224,448 (the paper's input-size ablation)")
     g.add_argument("--resize_mode", *(["--resize"] if resize_alias else []), dest="resize_mode", choices=tuple(modes),
                    default=modes[0], help=f"default {modes[0]}" + (" (alias: --resize)" if resize_alias else ""))
     if imsize_square:
-        g.add_argument("--imsize", type=int, action=_SizeAlias, mode="square", metavar="N",
+        g.add_argument("--imsize", type=_size_list if sweep else int, action=_SizeAlias, mode="square", metavar="N",
                        help="the official scripts' --imsize: same as --load_size N --resize_mode square")
     if davis_aliases:
         g.add_argument("--short_side", type=int, action=_SizeAlias, mode="short", metavar="N",
@@ -100,15 +110,35 @@ def add_size_args(parser, default: Optional[int], modes: Sequence[str], help: st
                        help="same as --load_size N --resize_mode square (official LiFT protocol)")
 
 
-class _SizeAlias(argparse.Action):
-    """An old size flag: sets ``load_size`` and ``resize_mode`` together."""
+def _size_list(text: str):
+    """``"224"`` -> [224]; ``"56,112,224"`` -> [56, 112, 224] (positive integers)."""
+    try:
+        sizes = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size or a comma list of sizes") from None
+    if not sizes or any(v < 0 for v in sizes):
+        raise argparse.ArgumentTypeError(f"'{text}': sizes must be non-negative integers")
+    return sizes
 
-    def __init__(self, option_strings, dest, mode: str, **kwargs):
+
+class _SizeAlias(argparse.Action):
+    """A size flag: sets ``load_size`` (and ``resize_mode`` unless mode is None) together; a list value (sweep flags)
+    sets ``load_size`` to its first size and ``sweep_sizes`` to the list when it has several."""
+
+    def __init__(self, option_strings, dest, mode: Optional[str], **kwargs):
         self.mode = mode
-        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+        keep = dest == "load_size"
+        default = kwargs.pop("default", None)
+        super().__init__(option_strings, dest=dest if keep else argparse.SUPPRESS,
+                         default=default if keep else argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        namespace.load_size, namespace.resize_mode = values, self.mode
+        if isinstance(values, list):
+            namespace.sweep_sizes = values if len(values) > 1 else None
+            values = values[0]
+        namespace.load_size = values
+        if self.mode is not None:
+            namespace.resize_mode = self.mode
 
 
 def add_runtime_args(parser, device_default: str = "auto", dtype: bool = True,
