@@ -81,7 +81,7 @@ def test_end_to_end_voc07(shared_data, tmp_path, capsys):
     rc, out, err = _run(capsys, [
         "--dataset", "voc07", "--dataroot", str(shared_data / VOC07), "--offline", "--lift_path", "none",
         "--methods", "low,bilinear", "--facet", "value", "--load_size", "224", "--output_json", str(out_json),
-        "--save_vis", str(vis), "--solver", "auto",
+        "--save_vis", str(vis), "--solver", "auto", "--tau", "0.2",
     ])
     assert rc == 0, err
     lines = err.splitlines()  # version and commit, then the resolved arguments, logged first
@@ -153,10 +153,11 @@ def test_folder_dataset_and_method_failure(tmp_path, capsys):
     Image.open(ROOT / "assets" / "sample.jpg").save(folder / "cat.jpg")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     out_json = tmp_path / "f.json"
-    # key facet at tau 0.2: every affinity is above tau on this backbone -> the method fails on the cat image,
-    # the broken file fails to load; both are reported and the exit status is 1
+    # key facet at the paper's tau 0.2: every affinity is above tau on this backbone -> the method fails on the cat
+    # image, the broken file fails to load; both are reported and the exit status is 1
     rc, out, err = _run(capsys, ["--dataset", "folder", "--dataroot", str(folder), "--offline", "--lift_path", "none",
-                                 "--methods", "low", "--load_size", "112", "--output_json", str(out_json)])
+                                 "--methods", "low", "--load_size", "112", "--output_json", str(out_json),
+                                 "--tau", "0.2"])
     assert rc == 1
     assert "error: 2 failure(s)" in err and "broken.jpg" in err and "raise --tau" in err
     r = json.loads(out_json.read_text())
@@ -172,3 +173,23 @@ def test_folder_dataset_and_method_failure(tmp_path, capsys):
     res = r["images"][0]["results"]["low"]
     assert res["iou"] is None and res["correct"] is None and len(res["box"]) == 4
     assert r["images"][0]["width"] == 451 and r["images"][0]["height"] == 300
+
+
+# ------------------------------------------------------------------------------------------------ --tau auto
+def test_tau_auto_picks_the_tables_value(shared_data, tmp_path, capsys):
+    from liftkit.eval.tokencut_tau import TAU_TABLE
+
+    out_json = tmp_path / "auto.json"
+    rc, _, err = _run(capsys, ["--dataset", "voc07", "--dataroot", str(shared_data / VOC07), "--offline",
+                               "--lift_path", "none", "--methods", "low", "--load_size", "112", "--limit", "2",
+                               "--output_json", str(out_json)])  # default --tau auto, key facet
+    assert rc == 0, err  # the paper's 0.2 would fail every image (previous test); the table's value does not
+    r = json.loads(out_json.read_text())
+    entry = TAU_TABLE[("dinov2_vits14_imgfocus", "key")]
+    assert r["tau"] == entry.voc and r["tau_source"] == entry.source and r["args"]["tau"] == entry.voc
+    assert r["methods"]["low"]["num_errors"] == 0
+    # an explicit --tau is used as given; a bad one is one line
+    rc, _, err = _run(capsys, ["--dataset", "voc07", "--dataroot", str(shared_data / VOC07), "--offline",
+                               "--lift_path", "none", "--methods", "low", "--tau", "high"])
+    assert rc == 2 and err.strip().splitlines()[-1] == \
+        "error: --tau 'high' is neither 'auto' nor a number; give e.g. --tau 0.2 or --tau auto"

@@ -38,11 +38,11 @@ from liftkit.data.image_io import list_images, load_image
 from liftkit.data.voc import load_voc
 from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitError
 from liftkit.eval.boxes import CORLOC_IOU, best_iou, draw_boxes
+from liftkit.eval.tokencut_tau import auto_tau, parse_tau
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
 
 COMMAND = "eval_tokencut"
 DATASETS = ("voc07", "voc12", "coco20k", "coco", "folder")
-DEFAULT_TAU = {"voc07": 0.2, "voc12": 0.2, "coco20k": 0.3, "coco": 0.3, "folder": 0.2}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_size_args(p, None, ("short", "square"), "resize the short side to this (default: the image's own "
                           "size, rounded to the patch)", imsize_square=True, sweep=True)
     g = p.add_argument_group("TokenCut")
-    g.add_argument("--tau", type=float, default=None, help="affinity threshold (default 0.2 VOC/folder, 0.3 COCO)")
+    g.add_argument("--tau", default="auto",
+                   help="affinity threshold; 'auto' (default): the backbone table's value (liftkit/eval/tokencut_tau.py:"
+                        " the paper's 0.2 VOC / 0.3 COCO for DINO v1 keys, a value measured on training images for "
+                        "other backbones and facets); a number is used as given")
     g.add_argument("--eps", type=float, default=DEFAULT_EPS, help="weight of edges below tau")
     g.add_argument("--no-binary-graph", "--no_binary_graph", dest="no_binary_graph", action="store_true",
                    help="similarity-weighted edges (entries below tau set to eps) instead of binary ones (the official "
@@ -165,8 +168,7 @@ def _run(args, run: Run) -> None:
     methods = [m.name for m in plan]
     if args.which_features:
         args.facet = {"k": "key", "q": "query", "v": "value"}[args.which_features]
-    tau = DEFAULT_TAU[args.dataset] if args.tau is None else args.tau
-    log.info(f"tau {tau:g} ({'--tau' if args.tau is not None else 'default of ' + args.dataset})")
+    tau, tau_source = parse_tau(args.tau), "--tau"
     if not 0 < args.eps < 1:
         raise ConfigError(f"--eps {args.eps} must be in (0, 1)")
     if args.limit is not None and args.limit < 1:
@@ -179,6 +181,9 @@ def _run(args, run: Run) -> None:
                            f"({len(dataset.skipped)} skipped)")
     ext = options.make_extractor(args, plan)
     log.info(options.describe_extractor(ext))
+    if tau is None:
+        tau, tau_source = auto_tau(ext.spec.name, ext.facet, ext.layer, ext.spec.depth, args.dataset)
+    log.info(f"tau {tau:g} ({tau_source})")
     if args.save_vis is not None:
         args.save_vis.mkdir(parents=True, exist_ok=True)
 
@@ -211,7 +216,7 @@ def _run(args, run: Run) -> None:
                         "num_images": len(records), "num_objects": sum(len(r.get("gt_boxes", [])) for r in records),
                         "num_skipped": len(skipped),
                         "skipped": [{"item": a, "reason": b} for a, b in skipped]},
-            "tau": tau, "eps": args.eps, "solver": args.solver, "iou_threshold": CORLOC_IOU,
+            "tau": tau, "tau_source": tau_source, "eps": args.eps, "solver": args.solver, "iou_threshold": CORLOC_IOU,
             "methods": summary,
             "images": records,
             "failures": [{"item": a, "reason": b} for a, b in failures],

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from liftkit.cli import options
-from liftkit.cli.runner import ItemFailures, Run, run_command, run_sweep
+from liftkit.cli.runner import ItemFailures, Run, run_command
 from liftkit.data.davis import DavisSequence, load_davis, write_label_png
 from liftkit.errors import ConfigError, LiftKitError
 from liftkit.eval.davis_metrics import STAT_KEYS, evaluate_results_dir
@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "grid, i.e. x2 on a 2x grid")
     g.add_argument("--topk", type=int, default=5)
     g.add_argument("--temperature", type=float, default=0.1)
-    options.add_size_args(p, 480, ("short", "square"), imsize_square=True, help="frame size: short side (short) or square side (square), "
-                          "sides rounded to patch multiples (default 480)", davis_aliases=True, sweep=True)
+    options.add_size_args(p, 480, ("short", "square"), "frame size: short side (short) or square side (square), "
+                          "sides rounded to patch multiples (default 480)", davis_aliases=True)
     options.add_runtime_args(p)
     return p
 
@@ -200,8 +200,7 @@ def _json_safe(obj):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
-        args, run, _run, lambda res: {m: r["global"]["J&F-Mean"] for m, r in res.items()}, "J&F-Mean"))
+    return run_command(COMMAND, build_parser(), argv, _run)
 
 
 def _run(args, run: Run) -> None:
@@ -229,7 +228,6 @@ def _run(args, run: Run) -> None:
         log.info(f"wrote {path}")
     if failures:
         raise ItemFailures(f"{len(failures)} sequence run(s) failed", [f"{k}: {m}" for k, m in failures.items()])
-    return results
 
 
 def _propagate_and_score(args, run: Run, plan: Sequence[Method], sequences, report: dict,

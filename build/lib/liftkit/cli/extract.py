@@ -27,7 +27,7 @@ from liftkit.cli import options
 from liftkit.cli.runner import ItemFailures, Run, provenance_strings, run_command
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, list_images
 from liftkit.errors import ConfigError, LiftKitError
-from liftkit.io.feature_files import FORMATS, SUFFIX, save_features
+from liftkit.io.feature_files import FORMATS, save_features
 from liftkit.methods import Method
 
 COMMAND = "lift_extractor"
@@ -41,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_image_path(io, [DEFAULT_IMAGE], "image file(s), folder(s) (searched recursively) or glob(s) "
                            f"(default: {DEFAULT_IMAGE} in the working directory)")
     io.add_argument("--output_path", default=None, help="output file, for a single input image")
-    io.add_argument("--format", choices=FORMATS, default="pt", help="feature file format (default: pt; official: "
-                    "exactly what the official lift_extractor.py writes, a [1, T', C] tensor via torch.save, .pth)")
+    io.add_argument("--format", choices=FORMATS, default="pt", help="feature file format (default: pt)")
     io.add_argument("--save_vis", action="store_true",
                     help="also write <name>_vis.png: the image, PCA pictures of the backbone and the output features")
     io.add_argument("--overwrite", action="store_true", help="overwrite existing output files (default: skip them)")
@@ -53,9 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("method")
     m.add_argument("--lift_iter", type=int, default=1, help="LiFT applications (each doubles the grid; default 1)")
     m.add_argument("--no_lift", action="store_true", help="save the backbone's own grid (no LiFT)")
-    m.add_argument("--upsample", choices=("bilinear", "nearest", "jbu"), default=None,
-                   help="baseline instead of LiFT: upsample the backbone grid by 2^lift_iter (jbu: joint bilateral, "
-                        "guided by the image; sigmas --jbu_sigma_spatial, --jbu_sigma_range)")
+    m.add_argument("--upsample", choices=("bilinear", "nearest"), default=None,
+                   help="baseline instead of LiFT: upsample the backbone grid by 2^lift_iter")
     options.add_size_args(p, 224, ("short", "square"), "short side the image is resized to before rounding to patch "
                           "multiples (0: keep size; default 224)")
     options.add_runtime_args(p)
@@ -70,7 +68,7 @@ def _output_file(image: Path, root: Optional[Path], args, single: bool) -> Path:
     if single and args.output_path:
         return Path(args.output_path)
     rel = image.relative_to(root) if root is not None else Path(image.name)
-    return Path(args.output_dir) / rel.with_suffix("." + SUFFIX.get(args.format, args.format))
+    return Path(args.output_dir) / rel.with_suffix("." + args.format)
 
 
 def _check_args(args) -> None:
@@ -103,8 +101,7 @@ def _run(args, run: Run) -> None:
     ext = options.make_extractor(args, [method], use_lift=use_lift, instead="use --no_lift / --upsample bilinear")
     log.info(options.describe_extractor(ext))
     if use_lift:
-        log.info(f"LiFT {ext.lift_path} (x{args.lift_iter})" + (
-            f"; backbone taken from --model_type {ext.spec.name}" if "model_type" in ext.lift_meta.source else ""))
+        log.info(f"LiFT {ext.lift_path} (x{args.lift_iter})")
     images = list_images(args.image_path)
     if not images:
         raise ConfigError(f"--image_path {' '.join(args.image_path)}: no image found")

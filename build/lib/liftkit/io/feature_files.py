@@ -23,8 +23,7 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
-FORMATS = ("pt", "npy", "safetensors", "official")
-SUFFIX = {"official": "pth"}  # file extension of a format, when it is not the format's name
+FORMATS = ("pt", "npy", "safetensors")
 
 
 def save_features(path: Path, features: torch.Tensor, metadata: Dict[str, str], fmt: str) -> Path:
@@ -37,8 +36,6 @@ def save_features(path: Path, features: torch.Tensor, metadata: Dict[str, str], 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if fmt == "pt":
         torch.save({"features": t, "metadata": meta}, tmp)
-    elif fmt == "official":  # exactly what the official lift_extractor.py writes: a [1, T', C] tensor, no metadata
-        torch.save(t.flatten(1).t().unsqueeze(0).contiguous(), tmp)
     elif fmt == "safetensors":
         from safetensors.torch import save_file
 
