@@ -15,7 +15,7 @@ import eval_spair
 import lift_extractor
 from liftkit.io.feature_files import load_features
 from liftkit.lift.jbu import jbu
-from tests.conftest import ASSETS, ROOT, SHARED_DATA, require_shared_data
+from tests.conftest import ASSETS, ROOT, require_shared_data
 
 OFFICIAL = ROOT.parent / "shared" / "reference" / "lift-official"
 SCRIPTS = {"lift_extractor.py": "extract", "train_lift.py": "train", "eval_spair.py": "eval_spair",
@@ -116,10 +116,22 @@ def test_jbu_method_end_to_end_and_random_lift_seeded(tmp_path):
         assert (args.lift_path, args.seed) == ("random", 7), mod
 
 
+def _two_pair_spair(tmp_path):
+    """The real SPair subset cut to its first 2 test pairs (symlinked images and annotations)."""
+    real = require_shared_data() / "SPair-71k"
+    root = tmp_path / "SPair-71k"
+    (root / "Layout" / "large").mkdir(parents=True)
+    for sub in ("JPEGImages", "PairAnnotation", "ImageAnnotation"):
+        if (real / sub).exists():
+            (root / sub).symlink_to(real / sub)
+    lines = (real / "Layout" / "large" / "test.txt").read_text().splitlines()[:2]
+    (root / "Layout" / "large" / "test.txt").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
 @pytest.mark.real_data
 def test_spair_paper_flops_jbu_random_lift_and_sweep(tmp_path, capsys):
-    require_shared_data()
-    spair = str(SHARED_DATA / "SPair-71k")
+    spair = _two_pair_spair(tmp_path)
     rc = eval_spair.main(["--dataroot", spair, "--pairs_per_category", "1", "--imsize", "224", "--lift_path",
                           "random", "--seed", "1", "--methods", "low,bilinear,jbu,lift,highres", "--flops", "both",
                           "--output_json", str(tmp_path / "s.json")] + RANDOM_S16)
