@@ -20,7 +20,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SHIPPED = "lift_dinov2_vits14_imgfocus.safetensors"
 COMMANDS = {"liftkit-extract": "lift_extractor", "liftkit-train": "train_lift", "liftkit-eval-spair": "eval_spair",
             "liftkit-eval-davis": "eval_davis", "liftkit-eval-tokencut": "eval_tokencut",
-            "liftkit-visualize": "eval_visualize_feats"}
+            "liftkit-eval-upsampler": "eval_upsampler", "liftkit-visualize": "eval_visualize_feats"}
 
 
 def _name(req: str) -> str:
@@ -99,8 +99,12 @@ def test_hub_lift_entry_returns_the_module_alone():
 
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="setuptools is needed to build a wheel")
 def test_wheel_holds_the_package_data_and_the_console_scripts(tmp_path):
+    # build from a copy: setuptools writes build/ and *.egg-info/ next to the sources
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", ".cache", "runs", "output", "build",
+                                                              "*.egg-info", "__pycache__", ".pytest_cache"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+                        str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(tmp_path.glob("liftkit-*.whl"))
     with zipfile.ZipFile(wheel) as z:
@@ -121,6 +125,7 @@ def test_every_command_accepts_the_shared_flags_and_the_old_spellings():
            "eval_spair": {"--imsize", "--methods", "--lift_path", "--dtype", "--output_json"},
            "eval_davis": {"--short_side", "--square_resize", "--methods", "--lift_path", "--dtype", "--output_json"},
            "eval_tokencut": {"--imsize", "--methods", "--lift_path", "--dtype", "--output_json"},
+           "eval_upsampler": {"--imsize", "--methods", "--lift_path", "--dtype", "--lift_paths", "--recon_imsize"},
            "eval_visualize_feats": {"--image_path", "--lift_path", "--lift_iter", "--dtype"},
            "train_lift": {"--imsize", "--resize", "--no_progress"}}
     for script, extra in old.items():
@@ -133,3 +138,7 @@ def test_every_command_accepts_the_shared_flags_and_the_old_spellings():
     assert (a.data_root, a.load_size, a.resize_mode) == ("x", 112, "pad")
     a = eval_davis.build_parser().parse_args(["--dataroot", "y", "--square_resize", "224"])
     assert (a.data_root, a.load_size, a.resize_mode) == ("y", 224, "square")
+    from liftkit.cli import eval_upsampler
+
+    a = eval_upsampler.build_parser().parse_args(["--data_path", "z", "--imsize", "112", "--output_dir", "o"])
+    assert (str(a.data_root), a.load_size, a.resize_mode, a.recon_imsize) == ("z", 112, "short", 448)

@@ -1,14 +1,15 @@
-"""The rows of the upsampler benchmark: named ways to get dense features from one image, computed in one place.
+"""The rows of the upsampler benchmark and their features, computed in one place.
 
-A :class:`Method` is a row: ``low`` (the backbone grid), ``bilinear`` / ``nearest`` (that grid upsampled 2^k x),
-``highres`` (the backbone on the image resized 2^k x, bilinear), or a LiFT applied k times — the extractor's own
-LiFT (``lift``, ``lift2``) or any labelled LiFT file (each held by its own extractor view that shares the backbone).
+A :class:`Row` is one row of the table: either a built-in method of :mod:`liftkit.methods` (``low``, ``bilinear``,
+``nearest``, ``highres``, ``lift``, ``liftK``... with the extractor's own LiFT), or a labelled LiFT file applied k
+times (rows ``label`` and ``label@k``), held by its own extractor view that shares the backbone.
 
-:func:`method_features` is the *one* function that computes features for every row (so it can be swapped for a
-one-pass ``ViTExtractor.features`` later); it runs the backbone once for all rows that start from its grid, and
-gives the same tensors as ``ViTExtractor.dense_features(x, name)`` for the built-in names.
+:func:`row_features` computes every row of one image: the built-ins through ``ViTExtractor.features(x, plan)`` (the
+one dispatch of the methods: one backbone pass for all of them, plus one per ``highres*``), and each file row by that
+file's LiFT chain (``view.lift_steps``) on the same backbone map, so a labelled file costs no backbone pass and its
+``label@k`` rows share the LiFT steps. Nothing here re-implements a method.
 
-The extractor is duck-typed: anything with ``extract_descriptors(x)`` and ``lift_features(feats, x, k)``.
+The extractors are duck-typed: ``ext.features(x, plan)`` and, for file rows, ``view.lift_steps(low, x, k)``.
 """
 
 from __future__ import annotations
@@ -18,45 +19,48 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from liftkit.errors import ConfigError
-
-KINDS = ("low", "bilinear", "nearest", "highres", "lift")
+from liftkit.methods import Method
 
 
 @dataclass(frozen=True)
-class Method:
+class Row:
     """One row of the benchmark.
 
     Attributes:
-        label: the row's name (``bilinear``, ``lift2``, ``recipeA``...).
-        kind: one of :data:`KINDS`.
-        k: iterations / the exponent of the scale (``low``: 0).
-        lifter: for ``lift`` rows, the extractor whose LiFT is applied (None: the main extractor's).
-        source: the LiFT file of a labelled row ('' otherwise).
+        label: the row's name (``bilinear``, ``lift2``, ``recipeA``, ``recipeA@2``...).
+        method: the built-in method (None for a labelled LiFT file).
+        k: LiFT iterations of a file row (ignored for built-ins).
+        lifter: for a file row, the extractor view holding that file's LiFT.
+        source: the LiFT file of a file row ('' otherwise).
     """
 
     label: str
-    kind: str
+    method: Optional[Method] = None
     k: int = 1
     lifter: Any = None
     source: str = ""
 
+    @classmethod
+    def builtin(cls, method: Method) -> "Row":
+        return cls(method.name, method)
+
+    @property
+    def kind(self) -> str:
+        return "lift" if self.method is None else self.method.kind
+
+    @property
+    def iterations(self) -> int:
+        """K of ``liftK`` / ``bilinearK`` / ``highresK`` / a file row; 0 for ``low``."""
+        if self.method is None:
+            return self.k
+        return 0 if self.method.kind == "low" else self.method.iterations
+
     @property
     def scale(self) -> int:
         """How much denser than the backbone grid the output is (1 for ``low``, 2^k otherwise)."""
-        return 1 if self.kind == "low" else 2 ** self.k
-
-
-def parse_builtin(name: str) -> Method:
-    """``"lift2"`` -> Method("lift2", "lift", 2); ``"low"`` -> Method("low", "low", 0). Unknown: ConfigError."""
-    m = re.fullmatch(r"(low|bilinear|nearest|highres|lift)(\d*)", name)
-    if not m or (m.group(1) == "low" and m.group(2)) or (m.group(2) and int(m.group(2)) < 1):
-        raise ConfigError(f"--methods: unknown method '{name}'; choose from low, bilinear, nearest, highres, lift, "
-                          "liftK (K iterations), bilinearK, highresK")
-    kind = m.group(1)
-    return Method(name, kind, 0 if kind == "low" else int(m.group(2) or 1))
+        return 2 ** self.iterations
 
 
 def parse_lift_paths(text: str) -> List[tuple]:
@@ -78,41 +82,41 @@ def parse_lift_paths(text: str) -> List[tuple]:
     return out
 
 
-def check_unique(methods: Sequence[Method]) -> None:
+def check_unique(rows: Sequence[Row]) -> None:
     """Every row label once (ConfigError naming the clash)."""
     seen = set()
-    for m in methods:
-        if m.label in seen:
-            raise ConfigError(f"row '{m.label}' is listed twice (--methods / --lift_paths labels must be unique)")
-        seen.add(m.label)
+    for r in rows:
+        if r.label in seen:
+            raise ConfigError(f"row '{r.label}' is listed twice (--methods / --lift_paths labels must be unique)")
+        seen.add(r.label)
 
 
 @torch.no_grad()
-def method_features(ext, x: torch.Tensor, methods: Sequence[Method],
-                    low: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+def row_features(ext, x: torch.Tensor, rows: Sequence[Row]) -> Dict[str, torch.Tensor]:
     """Features of one image batch for every row.
 
     Args:
-        ext: the main extractor (backbone; its LiFT for rows without ``lifter``).
+        ext: the main extractor (backbone; its LiFT for the built-in ``lift*`` rows).
         x: (B, 3, H, W) normalised image.
-        methods: the rows.
-        low: the backbone's (B, C, h, w) features of ``x`` if already computed.
+        rows: the rows.
     Returns:
-        label -> (B, C, s h, s w) float32 with s = ``Method.scale``.
+        label -> (B, C, s h, s w) float32 with s = ``Row.scale``; built-ins bit for bit ``ext.features(x, plan)``.
     """
+    plan = [r.method for r in rows if r.method is not None]
+    files = [r for r in rows if r.method is None]
+    low_name = next((m.name for m in plan if m.kind == "low"), None)
+    if files and low_name is None:  # the file rows start from the backbone map: add it to the same pass
+        low_name = "low"
+        plan.append(Method.parse("low"))
+    feats = ext.features(x, plan) if plan else {}
     out: Dict[str, torch.Tensor] = {}
-    if low is None and any(m.kind != "highres" for m in methods):
-        low = ext.extract_descriptors(x)
-    for m in methods:
-        if m.kind == "low":
-            out[m.label] = low
-        elif m.kind == "highres":
-            big = F.interpolate(x, scale_factor=m.scale, mode="bilinear", align_corners=False)
-            out[m.label] = ext.extract_descriptors(big)
-        elif m.kind == "lift":
-            out[m.label] = (m.lifter or ext).lift_features(low, x, m.k)
-        else:
-            size = (low.shape[-2] * m.scale, low.shape[-1] * m.scale)
-            opts = {"align_corners": False} if m.kind == "bilinear" else {}
-            out[m.label] = F.interpolate(low, size=size, mode=m.kind, **opts)
+    chains: Dict[int, List[torch.Tensor]] = {}
+    for r in rows:
+        if r.method is not None:
+            out[r.label] = feats[r.method.name]
+            continue
+        if id(r.lifter) not in chains:  # one chain per file, as deep as its deepest row
+            depth = max(f.k for f in files if f.lifter is r.lifter)
+            chains[id(r.lifter)] = r.lifter.lift_steps(feats[low_name], x, depth)
+        out[r.label] = chains[id(r.lifter)][r.k - 1]
     return out
