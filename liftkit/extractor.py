@@ -44,7 +44,8 @@ from liftkit.backbones.factory import BackboneInfo, create_backbone
 from liftkit.backbones.vit import DenseViT
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, load_image
 from liftkit.data.transforms import target_size, to_tensor
-from liftkit.errors import ConfigError, ImageLoadError
+from liftkit.data.loader import check_tokens
+from liftkit.errors import ConfigError, ImageLoadError  # noqa: F401 (re-exported)
 from liftkit.lift.checkpoint import LiftMeta, check_compatible, load_lift, random_lift
 from liftkit.lift.jbu import DEFAULT_SIGMA_RANGE, DEFAULT_SIGMA_SPATIAL, jbu
 from liftkit.lift.model import LiFT
@@ -212,12 +213,7 @@ class ViTExtractor:
         """
         img = load_image(path, min_side=self.patch_size, max_pixels=max_pixels)
         size = self.target_size(img.size, load_size, resize_mode)
-        h, w = size[0] // self.patch_size, size[1] // self.patch_size
-        if max_tokens is not None and h * w > max_tokens:
-            raise ImageLoadError(
-                f"'{path}' ({img.size[0]}x{img.size[1]} px) gives a {h}x{w} patch grid ({h * w} tokens), more than "
-                f"--max_tokens {max_tokens}; lower --load_size or use --resize_mode square"
-            )
+        check_tokens(path, img.size, size, self.patch_size, max_tokens)
         return self.preprocess(img, size=size), img
 
     # ----------------------------------------------------------------- features

@@ -44,6 +44,8 @@ from liftkit.eval.davis_metrics import STAT_KEYS, evaluate_results_dir
 from liftkit.eval.label_propagation import PropagationConfig, iter_propagate_labels
 from liftkit.extractor import ViTExtractor
 from liftkit.methods import Method
+from liftkit.data.loader import shard
+from liftkit.train.distributed import DistContext, barrier, gather_objects, shutdown_distributed
 
 COMMAND = "eval_davis"
 MARKER = "eval_davis_run.json"  # written in every method folder; --overwrite only deletes folders that have it
@@ -204,13 +206,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         args, run, _run, lambda res: {m: r["global"]["J&F-Mean"] for m, r in res.items()}, "J&F-Mean"))
 
 
-def _run(args, run: Run) -> None:
+def _run(args, run: Run) -> Optional[int]:
+    """Under torchrun each rank propagates its share of the sequences (rank r: sequences r, r + N, ...) into the
+    shared output folder; rank 0 gathers the runs and scores every sequence as one process would."""
+    ctx = options.join_torchrun(args, run.log)
+    try:
+        return _evaluate(args, run, ctx)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
     log = run.log
     failures: Dict[str, str] = {}
     results: Dict[str, dict] = {}
     report: dict = {"run": run.info, "args": run.info["args"]}
     plan = _check_args(args)
     sequences = _split(args.sequences) or None
+    if args.evaluate_only is not None and not ctx.is_main:
+        return None  # scoring existing masks: rank 0 alone
     if args.evaluate_only is not None:
         res = evaluate_results_dir(args.data_root, args.evaluate_only, args.set_name, sequences,
                                    args.resolution, skip_failed=True, progress=not args.quiet,
@@ -218,7 +232,9 @@ def _run(args, run: Run) -> None:
         failures.update({f"{args.evaluate_only}/{k}": v for k, v in res.pop("failures").items()})
         results[Path(args.evaluate_only).name or "results"] = res
     else:
-        results = _propagate_and_score(args, run, plan, sequences, report, failures)
+        results = _propagate_and_score(args, run, plan, sequences, report, failures, ctx)
+        if not ctx.is_main:
+            return None
     if results:
         _print_tables(results)
     report.update(methods=results, failures=failures)
@@ -233,11 +249,12 @@ def _run(args, run: Run) -> None:
 
 
 def _propagate_and_score(args, run: Run, plan: Sequence[Method], sequences, report: dict,
-                         failures: Dict[str, str]) -> Dict[str, dict]:
+                         failures: Dict[str, str], ctx: DistContext = DistContext()) -> Dict[str, dict]:
     seqs = load_davis(args.data_root, args.set_name, sequences, args.resolution)
     out_root = Path(args.output_dir)
     for m in plan:  # before loading the model: fail early on stale results
         _fresh_dir(out_root / m.name, args.overwrite, check_only=True)
+    barrier(ctx)  # every rank has checked before rank 0 clears the folders
     ext = options.make_extractor(args, plan)
     run.log.info(f"{options.describe_extractor(ext)}; {len(seqs)} sequence(s)")
     report["extractor"] = ext.describe()
@@ -248,16 +265,27 @@ def _propagate_and_score(args, run: Run, plan: Sequence[Method], sequences, repo
                                          size_mask_neighborhood=args.size_mask_neighborhood,
                                          neighborhood_scale=scale, topk=args.topk, temperature=args.temperature)
         dirs[m.name] = out_root / m.name
-        _fresh_dir(dirs[m.name], args.overwrite)
-        (dirs[m.name] / MARKER).write_text(json.dumps({"method": m.name, "run": run.info,
-                                                       "extractor": ext.describe()}, indent=1))
+        if ctx.is_main:
+            _fresh_dir(dirs[m.name], args.overwrite)
+            (dirs[m.name] / MARKER).write_text(json.dumps({"method": m.name, "run": run.info,
+                                                           "extractor": ext.describe()}, indent=1))
+    barrier(ctx)  # the folders exist before any rank writes masks
     runs: Dict[str, Dict[str, dict]] = {m.name: {} for m in plan}
-    for seq in seqs:
+    mine_failures: Dict[str, str] = {}
+    for seq in shard(seqs, ctx.rank, ctx.world):
         try:
             for name, info in _run_sequence(ext, seq, plan, dirs, args, cfgs, args.quiet).items():
                 runs[name][seq.name] = info
         except LiftKitError as exc:
-            failures.update({f"{m.name}/{seq.name}": str(exc) for m in plan})
+            mine_failures.update({f"{m.name}/{seq.name}": str(exc) for m in plan})
+    parts = gather_objects((runs, mine_failures), ctx)  # every rank's masks are written once this returns
+    if not ctx.is_main:
+        return {}
+    for part_runs, _ in parts:
+        for name, per_seq in part_runs.items():
+            runs[name].update(per_seq)
+    merged = {k: v for _, part in parts for k, v in part.items()}
+    failures.update({k: merged[k] for seq in seqs for m in plan if (k := f"{m.name}/{seq.name}") in merged})
     results: Dict[str, dict] = {}
     for m in plan:
         done = [s.name for s in seqs if s.name in runs[m.name]]

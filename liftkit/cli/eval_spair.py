@@ -39,6 +39,7 @@ from liftkit.eval.flops import count_flops, paper_method_flops
 from liftkit.extractor import ViTExtractor
 from liftkit.methods import Method
 from liftkit.specs import get_spec
+from liftkit.train.distributed import DistContext, gather_objects, shutdown_distributed
 
 COMMAND = "eval_spair"
 DEFAULT_METHODS = "low,bilinear,highres,lift,lift2,lift3"
@@ -115,28 +116,47 @@ class FeatureCache:
 
 
 def evaluate(pairs: List[SpairPair], cache: FeatureCache, args, progress: bool,
-             skipped: List[str]) -> Dict[str, PCKAccumulator]:
-    """Match every pair with every method; failing images are raised, or appended to ``skipped`` with --skip_bad."""
+             skipped: List[str], ctx: DistContext = DistContext()) -> Dict[str, PCKAccumulator]:
+    """Match every pair with every method; failing images are raised, or appended to ``skipped`` with --skip_bad.
+    Under torchrun (``ctx``) each rank matches its share and every rank returns the accumulators of all pairs."""
     from tqdm import tqdm
 
-    acc = {m: PCKAccumulator(DEFAULT_ALPHAS) for m in cache.methods}
     order = sorted(pairs, key=lambda p: (p.category, str(p.src_image), str(p.trg_image), p.name))
-    for pair in tqdm(order, desc="pairs", unit="pair", disable=not progress, file=sys.stderr):
+    # torchrun: rank r takes the r-th contiguous block of pairs (pairs of one image stay together, so the feature
+    # cache works as in one process); the per-pair results are gathered and added in the one-process order
+    n, rank, world = len(order), ctx.rank, ctx.world
+    mine = list(enumerate(order))[rank * n // world:(rank + 1) * n // world]
+    rows, skip_rows = [], []
+    for i, pair in tqdm(mine, desc="pairs", unit="pair", disable=not progress, file=sys.stderr):
         try:
             src_geo, src_feats = cache.get(pair.src_image, pair.src_size)
             trg_geo, trg_feats = cache.get(pair.trg_image, pair.trg_size)
         except LiftKitError as exc:
             if not args.skip_bad:
                 raise
-            skipped.append(f"{pair.name}: {exc}")
+            skip_rows.append((i, f"{pair.name}: {exc}"))
             continue
         src_pts = src_geo.apply(pair.src_kps)
         gt = trg_geo.apply(pair.trg_kps)
         thr = bbox_threshold(trg_geo.apply_box(pair.trg_bbox))
+        correct = {}
         for m in cache.methods:
             pred = match_keypoints(src_feats[m], trg_feats[m], src_pts, args.load_size,
                                    renorm_after_upsample=args.renorm_after_upsample, subpixel=args.subpixel)
-            acc[m].add(pair.category, pck_correct(pred, gt, thr, DEFAULT_ALPHAS))
+            correct[m] = pck_correct(pred, gt, thr, DEFAULT_ALPHAS)
+        rows.append((i, pair.category, correct))
+    parts = gather_objects((rows, skip_rows, cache.seconds, cache.calls, cache.shapes), ctx)
+    acc = {m: PCKAccumulator(DEFAULT_ALPHAS) for m in cache.methods}
+    for _, category, correct in sorted((r for p in parts for r in p[0]), key=lambda r: r[0]):
+        for m in cache.methods:
+            acc[m].add(category, correct[m])
+    skipped += [msg for _, msg in sorted((r for p in parts for r in p[1]), key=lambda r: r[0])]
+    for m in cache.methods:  # feature timings over every rank
+        cache.seconds[m] = sum(p[2][m] for p in parts)
+        cache.calls[m] = sum(p[3][m] for p in parts)
+    for p in parts:
+        for m, shape in p[4].items():
+            cache.shapes.setdefault(m, shape)
     return acc
 
 
@@ -191,7 +211,15 @@ def _check_args(args) -> Tuple[Method, ...]:
     return plan
 
 
-def _run(args, run: Run) -> None:
+def _run(args, run: Run) -> Optional[int]:
+    ctx = options.join_torchrun(args, run.log)
+    try:
+        return _evaluate(args, run, ctx)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
     log = run.log
     skipped: List[str] = []
     plan = _check_args(args)
@@ -217,7 +245,9 @@ def _run(args, run: Run) -> None:
     cache = FeatureCache(ext, plan, args.load_size)
     progress = not args.quiet and sys.stderr.isatty()
     with torch.no_grad():
-        acc = evaluate(split.pairs, cache, args, progress, skipped)
+        acc = evaluate(split.pairs, cache, args, progress and ctx.is_main, skipped, ctx)
+    if not ctx.is_main:
+        return None  # rank 0 writes the results of every rank
     if not any(acc[methods[0]].total.values()):
         raise DatasetError(f"every selected pair failed ({len(skipped)}); see the messages above")
 

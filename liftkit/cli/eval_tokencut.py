@@ -35,11 +35,13 @@ from liftkit.cli.runner import ItemFailures, Run, run_command, run_sweep
 from liftkit.data.boxes import AnnotatedImage, BoxDataset
 from liftkit.data.coco import load_coco, read_coco20k_list
 from liftkit.data.image_io import list_images, load_image
+from liftkit.data.loader import shard
 from liftkit.data.voc import load_voc
 from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitError
 from liftkit.eval.boxes import CORLOC_IOU, best_iou, draw_boxes
 from liftkit.eval.tokencut_tau import auto_tau, parse_tau
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
+from liftkit.train.distributed import gather_objects, shutdown_distributed
 
 COMMAND = "eval_tokencut"
 DATASETS = ("voc07", "voc12", "coco20k", "coco", "folder")
@@ -162,7 +164,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         args, run, _run, lambda res: {m: r["corloc"] for m, r in res.items()}, "CorLoc"))
 
 
-def _run(args, run: Run) -> None:
+def _run(args, run: Run) -> Optional[int]:
+    """Under torchrun each rank evaluates its share of the images (rank r: images r, r + N, ...); rank 0 gathers
+    the per-image records in data-set order and writes the one-process summary and JSON."""
+    ctx = options.join_torchrun(args, run.log)
+    try:
+        return _evaluate(args, run, ctx)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _evaluate(args, run: Run, ctx) -> Optional[int]:
     log = run.log
     plan = options.methods_plan(args.methods)
     methods = [m.name for m in plan]
@@ -188,20 +200,29 @@ def _run(args, run: Run) -> None:
         args.save_vis.mkdir(parents=True, exist_ok=True)
 
     has_gt = dataset.has_ground_truth
-    records: List[dict] = []
-    failures: List[Tuple[str, str]] = []  # processing failures (an image or an (image, method))
-    skipped_runtime: List[Tuple[str, str]] = []
+    records: list = []  # (image index, record)
+    failures: list = []  # (image index, item, reason): processing failures (an image or an (image, method))
+    skipped_runtime: list = []
     n = len(dataset.images)
-    for k, item in enumerate(dataset.images):
+    for k, item in shard(list(enumerate(dataset.images)), ctx.rank, ctx.world):
         try:
             pil = read_dataset_image(item, ext.patch_size, has_gt)
         except LiftKitError as exc:
-            (skipped_runtime if args.skip_bad else failures).append((item.name, str(exc)))
+            (skipped_runtime if args.skip_bad else failures).append((k, item.name, str(exc)))
             log.info(f"[{k + 1}/{n}] {item.name}: {'skipped' if args.skip_bad else 'failed'}: {exc}")
             continue
-        rec, line = _evaluate_image(ext, plan, item, pil, args, tau, has_gt, failures)
-        records.append(rec)
+        item_failures: List[Tuple[str, str]] = []
+        rec, line = _evaluate_image(ext, plan, item, pil, args, tau, has_gt, item_failures)
+        failures += [(k, a, b) for a, b in item_failures]
+        records.append((k, rec))
         log.info(f"[{k + 1}/{n}] {item.name}: " + ", ".join(line))
+    # one process: the lists as they are; torchrun: every rank's items, back in data-set order
+    parts = gather_objects((records, failures, skipped_runtime), ctx)
+    if not ctx.is_main:
+        return None
+    records = [r for _, r in sorted((x for p in parts for x in p[0]), key=lambda x: x[0])]
+    failures = [(a, b) for _, a, b in sorted((x for p in parts for x in p[1]), key=lambda x: x[0])]
+    skipped_runtime = [(a, b) for _, a, b in sorted((x for p in parts for x in p[2]), key=lambda x: x[0])]
 
     summary = summarise(records, methods, has_gt)
     skipped = list(dataset.skipped) + skipped_runtime

@@ -15,22 +15,25 @@ run ends with a summary and exit code 1 if any image failed (2 for a bad flag, m
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import sys
-from collections import OrderedDict
+import time
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
 from liftkit.cli import options
+from liftkit.cli.extract_pipeline import SAVE_DTYPES, Job, extract_shard
 from liftkit.cli.runner import ItemFailures, Run, provenance_strings, run_command
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, list_images
-from liftkit.errors import ConfigError, ImageLoadError, LiftKitError
-from liftkit.io.feature_files import FORMATS, SUFFIX, save_features
+from liftkit.data.loader import default_num_workers, shard
+from liftkit.errors import ConfigError
+from liftkit.io.feature_files import FORMATS, SUFFIX
+from liftkit.io.feature_store import ShardWriter, scan_store, write_index
 from liftkit.methods import Method
+from liftkit.train.distributed import barrier, gather_objects, shutdown_distributed
 
 COMMAND = "lift_extractor"
+MANIFEST_FIELDS = ("file", "output", "grid", "status", "error")
 DEFAULT_IMAGE = "assets/sample.jpg"  # the checkout's sample, relative to the working directory
 
 
@@ -45,7 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "exactly what the official lift_extractor.py writes, a [1, T', C] tensor via torch.save, .pth)")
     io.add_argument("--save_vis", action="store_true",
                     help="also write <name>_vis.png: the image, PCA pictures of the backbone and the output features")
-    io.add_argument("--overwrite", action="store_true", help="overwrite existing output files (default: skip them)")
+    io.add_argument("--overwrite", action="store_true", help="overwrite existing output files (default: skip them, "
+                    "so an interrupted run resumes)")
+    io.add_argument("--save_dtype", choices=tuple(SAVE_DTYPES), default="float32",
+                    help="dtype of the saved features (default float32; float16/bfloat16 halve the size)")
+    io.add_argument("--shard_size", type=int, default=0, metavar="N",
+                    help="write one sharded store into --output_dir (safetensors shards of N images + index.json, "
+                    "read with liftkit.io.feature_store.FeatureStore) instead of one file per image (default 0: "
+                    "files)")
+    io.add_argument("--manifest", default="auto", metavar="auto|none|FILE",
+                    help="JSON-lines record of every image (file, output, grid, status, error); auto: "
+                    "<output_dir>/manifest.jsonl unless --output_path is given")
+    io.add_argument("--limit", type=int, default=0, help="only the first N images of the sorted list (0: all)")
     options.add_output_args(p, "output", "output folder (default: output/); the input's relative path is kept, the "
                             "extension becomes the format's", json_help=None)
     options.add_backbone_args(p)
@@ -64,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_runtime_args(p)
     r = p.add_argument_group("limits")
     r.add_argument("--batch_size", type=int, default=1, help="images per forward pass (same-size images are batched)")
+    r.add_argument("--num_workers", type=int, default=None,
+                   help="image-reading processes per rank (0: read on the main thread; default: from the CPU count)")
     r.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (w*h)")
     r.add_argument("--max_tokens", type=int, default=16384, help="refuse inputs whose patch grid is larger")
     return p
@@ -72,8 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _output_file(image: Path, root: Optional[Path], args, single: bool) -> Path:
     if single and args.output_path:
         return Path(args.output_path)
-    rel = image.relative_to(root) if root is not None else Path(image.name)
-    return Path(args.output_dir) / rel.with_suffix("." + SUFFIX.get(args.format, args.format))
+    return Path(args.output_dir) / _relative(image, root).with_suffix("." + SUFFIX.get(args.format, args.format))
 
 
 def _check_args(args) -> None:
@@ -83,6 +98,13 @@ def _check_args(args) -> None:
         raise ConfigError(f"--batch_size {args.batch_size}: must be at least 1")
     if args.load_size < 0:
         raise ConfigError(f"--load_size {args.load_size}: must be positive (or 0 to keep the image size)")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ConfigError(f"--num_workers {args.num_workers}: must be 0 or more")
+    if args.shard_size < 0 or args.limit < 0:
+        raise ConfigError("--shard_size and --limit must be 0 or more")
+    if args.save_dtype == "bfloat16" and args.format == "npy" and not args.shard_size:
+        raise ConfigError("--save_dtype bfloat16 cannot be written as --format npy (numpy has no bfloat16); "
+                          "use --format pt or safetensors, or --save_dtype float16")
     if args.no_lift and args.upsample:
         raise ConfigError("--no_lift and --upsample exclude each other: pick one")
 
@@ -94,28 +116,21 @@ def output_method(args) -> Method:
     return Method.parse(f"{args.upsample or 'lift'}{args.lift_iter}")
 
 
-def _official_input(path: Path, args, ext):
-    """(tensor, PIL image) as the official lift_extractor.py preprocesses ``path`` (``--protocol official``)."""
-    from PIL import Image
-
-    from liftkit.data.transforms import official_normalisation, official_to_tensor
-
-    try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"'{path}' cannot be read ({exc})") from None
-    mean, std = official_normalisation(args.model_type)
-    return official_to_tensor(img, args.load_size or None, mean, std, ext.patch_size).to(ext.device), img
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command(COMMAND, build_parser(), argv, _run)
 
 
-def _run(args, run: Run) -> None:
-    log = run.log
+def _run(args, run: Run) -> Optional[int]:
     _check_args(args)
+    ctx = options.join_torchrun(args, run.log)
+    try:
+        return _extract(args, run, ctx)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _extract(args, run: Run, ctx) -> Optional[int]:
+    log = run.log
     method = output_method(args)
     use_lift = method.needs_lift
     ext = options.make_extractor(args, [method], use_lift=use_lift, instead="use --no_lift / --upsample bilinear")
@@ -126,71 +141,90 @@ def _run(args, run: Run) -> None:
     images = list_images(args.image_path)
     if not images:
         raise ConfigError(f"--image_path {' '.join(args.image_path)}: no image found")
+    if args.limit:
+        images = images[:args.limit]
     if args.output_path and len(images) > 1:
         raise ConfigError("--output_path names one file but several images were given; use --output_dir")
+    if args.output_path and args.shard_size:
+        raise ConfigError("--shard_size writes a store into --output_dir; drop --output_path")
 
-    parents = [p.resolve().parent for p in images]
-    root = Path(os.path.commonpath(parents)) if len(images) > 1 else None
+    # the inputs' common folder, symlinks kept (a folder of links mirrors the folder, not the links' targets)
+    root = Path(os.path.commonpath([os.path.abspath(p.parent) for p in images])) if len(images) > 1 else None
+    single = len(images) == 1
     label = "none" if args.no_lift else (args.upsample or "lift")
     base_meta = {**ext.describe(), "layout": "CHW", "method": label, "dtype": args.dtype,
-                 "lift_iter": str(0 if args.no_lift else args.lift_iter), **provenance_strings(run.info)}
+                 "save_dtype": args.save_dtype, "lift_iter": str(0 if args.no_lift else args.lift_iter),
+                 **provenance_strings(run.info)}
     if not use_lift:
         base_meta.update(lift_path="", lift_sha256="")
     plan = list(dict.fromkeys(["low", method.name]))  # one backbone pass gives both
 
-    failures: List[str] = []
-    done = skipped = 0
-    pending: "OrderedDict[tuple, list]" = OrderedDict()
-
-    def flush(key) -> None:
-        nonlocal done
-        batch = pending.pop(key)
-        x = torch.cat([b["x"] for b in batch])
-        try:
-            feats = ext.features(x, plan)
-        except RuntimeError as exc:  # e.g. out of memory on a huge input
-            for b in batch:
-                failures.append(f"{b['path']}: {str(exc).splitlines()[0]}")
-            return
-        low, out = feats["low"], feats[method.name]
-        for i, b in enumerate(batch):
-            meta = {**base_meta, "image": str(b["path"]), "image_size": "%dx%d" % b["size"],
-                    "input_size": "%dx%d" % tuple(x.shape[-2:]), "grid_low": "%dx%d" % tuple(low.shape[-2:]),
-                    "grid": "%dx%d" % tuple(out.shape[-2:])}
-            save_features(b["out"], out[i], meta, args.format)
-            if args.save_vis:
-                from liftkit.vis.panels import save_pca_panel
-
-                title = {"none": "backbone", "lift": f"LiFT x{args.lift_iter}"}.get(label, label)
-                maps, titles = ([low[i]], ["backbone"]) if args.no_lift else ([low[i], out[i]], ["backbone", title])
-                save_pca_panel(b["out"].with_name(b["out"].stem + "_vis.png"), b["image"], maps, titles)
-            done += 1
-
-    from tqdm import tqdm
-
-    for path in tqdm(images, desc="extract", unit="img", disable=args.quiet, file=sys.stderr):
-        out_file = _output_file(path, root, args, single=len(images) == 1)
-        if out_file.exists() and not args.overwrite:
-            skipped += 1
-            continue
-        try:
-            if args.protocol == "official":
-                x, img = _official_input(path, args, ext)
-            else:
-                x, img = ext.load_image(path, args.load_size or None, args.resize_mode, args.max_pixels,
-                                        args.max_tokens)
-        except LiftKitError as exc:
-            failures.append(str(exc))
-            continue
-        key = tuple(x.shape[-2:])
-        pending.setdefault(key, []).append({"x": x, "path": path, "size": img.size, "image": img, "out": out_file})
-        if len(pending[key]) >= args.batch_size:
-            flush(key)
-    for key in list(pending):
-        flush(key)
-
-    where = args.output_path if (args.output_path and len(images) == 1) else args.output_dir
-    log.info(f"done: {done} extracted, {skipped} skipped (exist; --overwrite to redo), {len(failures)} failed -> "
-             f"{where}")
+    out_dir = Path(args.output_dir)
+    store = store_done = None
+    if args.shard_size:
+        store_done = scan_store(out_dir)
+        store = ShardWriter(out_dir, args.shard_size, rank=ctx.rank)
+    jobs = [Job(i, p, None if store else _output_file(p, root, args, single), _store_key(p, root) if store else None)
+            for i, p in enumerate(images)]
+    if args.num_workers is None:
+        args.num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    mine = shard(jobs, ctx.rank, ctx.world)
+    desc = "extract" if not ctx.enabled else f"extract (rank 0 of {ctx.world}; {len(mine)} of {len(jobs)} images)"
+    start, stats = time.perf_counter(), {}
+    records = extract_shard(ext, mine, args, plan, method.name, base_meta, ctx.is_main, store, store_done, desc,
+                            stats)
+    gathered = gather_objects((records, stats), ctx)  # every rank's records, on every rank
+    elapsed = time.perf_counter() - start
+    stats_all = [st for _, st in gathered]
+    gathered = [rs for rs, _ in gathered]
+    if not ctx.is_main:
+        barrier(ctx)  # rank 0 writes the manifest and the index, reports, and exits 1 if an image failed
+        return None  # (a non-zero rank exiting 1 would make torchrun stop rank 0 before its summary)
+    position = {str(p): i for i, p in enumerate(images)}
+    allrec = sorted((r for rs in gathered for r in rs), key=lambda r: position[r["file"]])
+    manifest = _manifest_path(args)
+    if manifest is not None:
+        write_manifest(manifest, allrec)
+    if store is not None:
+        write_index(out_dir)
+    barrier(ctx)
+    counts = {s: sum(r["status"] == s for r in allrec) for s in ("ok", "skipped", "failed")}
+    where = args.output_path if (args.output_path and single) else args.output_dir
+    log.info(f"done: {counts['ok']} extracted, {counts['skipped']} skipped (exist; --overwrite to redo), "
+             f"{counts['failed']} failed -> {where}" + (f" (manifest {manifest})" if manifest else "")
+             + (f" over {ctx.world} processes" if ctx.enabled else ""))
+    wait = sum(st.get("input_wait", 0.0) for st in stats_all) / max(1e-9, sum(st.get("loop", 0.0)
+                                                                           for st in stats_all))
+    log.info(f"extraction loop {elapsed:.2f} s: {counts['ok'] / max(elapsed, 1e-9):.2f} images/s; the model waited "
+             f"for input {100 * wait:.0f} % of the loop (all ranks); --num_workers {args.num_workers}")
+    failures = [r["error"] for r in allrec if r["status"] == "failed"]
     if failures:
         raise ItemFailures(f"{len(failures)} of {len(images)} image(s) failed", failures)
+    return None
+
+
+def _store_key(image: Path, root: Optional[Path]) -> str:
+    return _relative(image, root).with_suffix("").as_posix()
+
+
+def _relative(image: Path, root: Optional[Path]) -> Path:
+    if root is None:
+        return Path(image.name)
+    return Path(os.path.abspath(image)).relative_to(root)
+
+
+def _manifest_path(args) -> Optional[Path]:
+    if args.manifest == "none" or (args.manifest == "auto" and args.output_path):
+        return None
+    return Path(args.output_dir) / "manifest.jsonl" if args.manifest == "auto" else Path(args.manifest)
+
+
+def write_manifest(path: Path, records) -> Path:
+    """JSON lines, one per image in input order: file, output, grid, status (ok|skipped|failed), error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps({k: r[k] for k in MANIFEST_FIELDS}) + "\n")
+    os.replace(tmp, path)
+    return path

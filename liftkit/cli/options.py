@@ -211,3 +211,24 @@ def describe_extractor(ext: ViTExtractor) -> str:
 def methods_plan(text: str):
     """``--methods`` parsed once (ConfigError on an unknown or repeated name)."""
     return parse_methods(text)
+
+
+def join_torchrun(args, log):
+    """Under torchrun: join the process group (gloo on CPU, NCCL on CUDA), pin ``--device cuda`` to
+    ``cuda:LOCAL_RANK`` and quiet the info lines of ranks other than 0. A no-op for one process.
+    Returns the :class:`~liftkit.train.distributed.DistContext`; end with ``shutdown_distributed``."""
+    import logging
+
+    from liftkit.train.distributed import init_distributed
+
+    use_cuda = str(args.device).startswith("cuda")
+    ctx = init_distributed(use_cuda=use_cuda)
+    if ctx.enabled and use_cuda:
+        import torch
+
+        if args.device == "cuda":
+            args.device = f"cuda:{ctx.local_rank}"
+        torch.cuda.set_device(torch.device(args.device))  # NCCL collectives use the current device
+    if not ctx.is_main:
+        log.setLevel(logging.WARNING)
+    return ctx

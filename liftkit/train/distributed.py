@@ -78,6 +78,15 @@ def broadcast_object(obj, ctx: DistContext, src: int = 0):
     return box[0]
 
 
+def gather_objects(obj, ctx: DistContext) -> list:
+    """Every rank's Python object, in rank order, on every rank (``[obj]`` for one process)."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Differentiable sum over processes: forward all-reduces the tensor, backward all-reduces its gradient (every
     process's output depends on every process's input)."""
