@@ -40,12 +40,23 @@ def official(tmp_path_factory):
     """(official ViTLiFTExtractor, DINO weights file, official LiFT file) on identical random weights."""
     if not (REF / "lift-official" / "lift.py").is_file() or not (REF / "dino" / "vision_transformer.py").is_file():
         pytest.fail(f"the official reference code is missing under {REF} (see ../shared/reference/README.md)")
-    for p in (str(REF / "lift-official"), str(REF / "dino")):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    added = [p for p in (str(REF / "lift-official"), str(REF / "dino")) if p not in sys.path]
+    before = set(sys.modules)
+    sys.path[:0] = added
+    try:
+        return _build(tmp_path_factory)
+    finally:  # leave no reference module or path behind (other tests import our own eval_davis, extractor, ...)
+        for p in added:
+            sys.path.remove(p)
+        for name in set(sys.modules) - before:
+            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(REF)):
+                del sys.modules[name]
+
+
+def _build(tmp_path_factory):
     vits = _module("dino_vision_transformer", REF / "dino" / "vision_transformer.py")
     off_lift = _module("official_lift", REF / "lift-official" / "lift.py")
-    sys.modules.setdefault("lift", off_lift)  # the official lift_extractor imports `lift` and `extractor`
+    sys.modules["lift"] = off_lift  # the official lift_extractor imports `lift` and `extractor`
     sys.modules["extractor_official"] = _module("extractor_official", REF / "lift-official" / "extractor.py")
     saved = sys.modules.get("extractor")
     sys.modules["extractor"] = sys.modules["extractor_official"]
