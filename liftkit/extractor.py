@@ -46,7 +46,8 @@ from liftkit.data.image_io import DEFAULT_MAX_PIXELS, load_image
 from liftkit.data.transforms import target_size, to_tensor
 from liftkit.data.loader import check_tokens
 from liftkit.errors import ConfigError, ImageLoadError  # noqa: F401 (re-exported)
-from liftkit.lift.checkpoint import LiftMeta, check_compatible, load_lift
+from liftkit.lift.checkpoint import LiftMeta, check_compatible, load_lift, random_lift
+from liftkit.lift.jbu import DEFAULT_SIGMA_RANGE, DEFAULT_SIGMA_SPATIAL, jbu
 from liftkit.lift.model import LiFT
 from liftkit.methods import (  # noqa: F401 (METHODS, parse_method re-exported)
     METHODS, Method, MethodsLike, needs_lift_message, parse_method, parse_methods,
@@ -75,6 +76,8 @@ class ViTExtractor:
             LiFT file (ours or official). A LiFT trained for another backbone/layer/facet is refused.
         device: torch device string.
         dtype: compute dtype of backbone and LiFT (outputs are float32).
+        jbu_sigma_spatial, jbu_sigma_range: the sigmas of the ``jbu`` method (see :mod:`liftkit.lift.jbu`).
+        lift_seed: seed of ``lift_path="random"`` (an untrained LiFT for this backbone, the paper's ablation floor).
 
     Attributes:
         model: :class:`DenseViT`; info: :class:`BackboneInfo`; lift: :class:`LiFT` or None; lift_meta.
@@ -93,6 +96,9 @@ class ViTExtractor:
         device: Union[str, torch.device] = "cpu",
         dtype: Union[str, torch.dtype] = torch.float32,
         pretrained_dir: Optional[Path] = None,
+        jbu_sigma_spatial: float = DEFAULT_SIGMA_SPATIAL,
+        jbu_sigma_range: float = DEFAULT_SIGMA_RANGE,
+        lift_seed: int = 0,
     ):
         if isinstance(dtype, str):
             if dtype not in DTYPES:
@@ -112,6 +118,11 @@ class ViTExtractor:
             raise ConfigError(f"unknown --channel_order '{channel_order}'; choose dim_major or head_major")
         self.facet = facet
         self.channel_order = channel_order
+        if not (jbu_sigma_spatial > 0 and jbu_sigma_range > 0):
+            raise ConfigError(f"--jbu_sigma_spatial {jbu_sigma_spatial} / --jbu_sigma_range {jbu_sigma_range}: "
+                              "both must be positive")
+        self.jbu_sigma_spatial = float(jbu_sigma_spatial)
+        self.jbu_sigma_range = float(jbu_sigma_range)
         self.lift: Optional[LiFT] = None
         self.lift_meta: Optional[LiftMeta] = None
         self.lift_path: Optional[Path] = None
@@ -120,7 +131,9 @@ class ViTExtractor:
             lift_path = None
         if lift_path == "auto":
             lift_path = shipped_lift_path(model_type, pretrained_dir)
-        if lift_path is not None:
+        if isinstance(lift_path, str) and lift_path.lower() == "random":
+            self.set_random_lift(lift_seed)
+        elif lift_path is not None:
             self.load_lift(Path(lift_path))
 
     # ----------------------------------------------------------------- properties
@@ -139,7 +152,7 @@ class ViTExtractor:
     # ----------------------------------------------------------------- LiFT
     def load_lift(self, path: Path) -> None:
         """Load a LiFT file and refuse it unless it was trained for this backbone, weights, layer, facet and order."""
-        lift, meta = load_lift(path)
+        lift, meta = load_lift(path, backbone=self.spec.name)
         check_compatible(meta, self.spec.name, self.info.weights_sha256, self.layer, self.facet,
                          self.channel_order, self.embed_dim, str(path))
         self.lift = lift.to(self.device, self.dtype)
@@ -148,6 +161,21 @@ class ViTExtractor:
         self.lift_meta = meta
         self.lift_path = Path(path)
         self.lift_sha256 = file_sha256(path)
+
+    def set_random_lift(self, seed: int = 0) -> None:
+        """Use an untrained LiFT with seeded random weights (``--lift_path random --seed N``): the same seed gives the
+        same weights on every machine."""
+        meta = LiftMeta(
+            backbone=self.spec.name, backbone_weights_sha256=self.info.weights_sha256, layer=self.layer,
+            facet=self.facet, channel_order=self.channel_order, patch_size=self.patch_size, channels=self.embed_dim,
+            mean=self.spec.mean, std=self.spec.std, source=f"random(seed={int(seed)})",
+        )
+        self.lift = random_lift(meta, seed).to(self.device, self.dtype)
+        for p in self.lift.parameters():
+            p.requires_grad_(False)
+        self.lift_meta = meta
+        self.lift_path = Path(f"random:seed={int(seed)}")
+        self.lift_sha256 = ""
 
     # ----------------------------------------------------------------- images
     def target_size(self, image_wh: Tuple[int, int], load_size: Optional[int] = None, resize_mode: str = "short"):
@@ -258,6 +286,9 @@ class ViTExtractor:
                 out[m.name], sec = low, t_low
             elif m.kind == "lift":
                 out[m.name], sec = steps[m.iterations - 1], t_low + sum(t_steps[: m.iterations])
+            elif m.kind == "jbu":
+                out[m.name], sec = timer(lambda: self.jbu_features(low, images, m.scale))
+                sec += t_low
             else:
                 size = (low.shape[-2] * m.scale, low.shape[-1] * m.scale)
                 opts = {"align_corners": False} if m.kind == "bilinear" else {}
@@ -266,6 +297,16 @@ class ViTExtractor:
             if timings is not None:
                 timings[m.name] = sec
         return out
+
+    @torch.no_grad()
+    def jbu_features(self, feats: torch.Tensor, images: torch.Tensor, scale: int = 2) -> torch.Tensor:
+        """Joint bilateral upsampling of ``feats`` (B, C, h, w) by ``scale``, guided by ``images`` (B, 3, H, W,
+        normalised; un-normalised to RGB in [0, 1] here) with this extractor's sigmas -> (B, C, s h, s w)."""
+        mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
+        guide = (images.to(self.device).float() * std + mean).clamp(0, 1)
+        size = (feats.shape[-2] * scale, feats.shape[-1] * scale)
+        return jbu(feats.to(self.device), guide, size, self.jbu_sigma_spatial, self.jbu_sigma_range)
 
     @torch.no_grad()
     def lift_steps(self, feats: torch.Tensor, images: torch.Tensor, iterations: int) -> List[torch.Tensor]:

@@ -8,6 +8,7 @@ A method names how the dense features of an image are obtained from a backbone (
     ``nearest``   likewise, nearest neighbour
     ``highres``   the backbone on the image resized 2x (bilinear); ``highresK``: 2^K x (one backbone pass each)
     ``lift``      one LiFT step, (B, C, 2h, 2w); ``liftK``: K steps, (B, C, 2^K h, 2^K w)
+    ``jbu``       joint bilateral upsampling of that grid 2x guided by the image (:mod:`liftkit.lift.jbu`); ``jbuK``: 2^K x
 
 Every method but ``highres*`` starts from the same backbone pass, so a plan of several methods costs one backbone
 pass plus one per ``highres*`` entry.
@@ -21,8 +22,8 @@ from typing import Iterable, List, Tuple, Union
 
 from liftkit.errors import ConfigError
 
-KINDS = ("low", "bilinear", "nearest", "highres", "lift")
-METHODS = ("low", "bilinear", "nearest", "highres", "lift", "lift2", "lift3")  # the common names, for help texts
+KINDS = ("low", "bilinear", "nearest", "highres", "lift", "jbu")
+METHODS = ("low", "bilinear", "nearest", "highres", "jbu", "lift", "lift2", "lift3")  # the common names, for help texts
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Method:
     def parse(cls, text: str) -> "Method":
         """``"lift3"`` -> Method("lift3", "lift", 3); unknown names raise ConfigError (one line)."""
         name = str(text).strip()
-        m = re.fullmatch(r"(low|bilinear|nearest|highres|lift)(\d*)", name)
+        m = re.fullmatch(r"(low|bilinear|nearest|highres|lift|jbu)(\d*)", name)
         if not m or (m.group(1) == "low" and m.group(2)):
             raise ConfigError(f"unknown method '{name}'; choose from {', '.join(METHODS)} (liftK for K iterations)")
         k = int(m.group(2)) if m.group(2) else 1

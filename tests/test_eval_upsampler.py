@@ -32,8 +32,8 @@ def _run(capsys, argv):
 @pytest.mark.parametrize("argv,message", [
     (["--probes", "recon,speed"], "error: --probes 'recon,speed': choose from recon, corr, boundary, spair, davis, "
                                   "tokencut"),
-    (["--methods", "low,cubic"], "error: unknown method 'cubic'; choose from low, bilinear, nearest, highres, lift, "
-                                 "lift2, lift3 (liftK for K iterations)"),
+    (["--methods", "low,cubic"], "error: unknown method 'cubic'; choose from low, bilinear, nearest, highres, jbu, "
+                                 "lift, lift2, lift3 (liftK for K iterations)"),
     (["--methods", "low,lift,low"], "error: --methods low,lift,low: low listed twice"),
     (["--lift_paths", "a.safetensors"], "error: --lift_paths entry 'a.safetensors' is not label=path; e.g. "
                                         "--lift_paths attend=runs/a.safetensors"),

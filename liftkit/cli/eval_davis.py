@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from liftkit.cli import options
-from liftkit.cli.runner import ItemFailures, Run, run_command
+from liftkit.cli.runner import ItemFailures, Run, run_command, run_sweep
 from liftkit.data.davis import DavisSequence, load_davis, write_label_png
 from liftkit.errors import ConfigError, DatasetError, LiftKitError
 from liftkit.io.outputs import os_error_message
@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "grid, i.e. x2 on a 2x grid")
     g.add_argument("--topk", type=int, default=5)
     g.add_argument("--temperature", type=float, default=0.1)
-    options.add_size_args(p, 480, ("short", "square"), "frame size: short side (short) or square side (square), "
-                          "sides rounded to patch multiples (default 480)", davis_aliases=True)
+    options.add_size_args(p, 480, ("short", "square"), imsize_square=True, help="frame size: short side (short) or square side (square), "
+                          "sides rounded to patch multiples (default 480)", davis_aliases=True, sweep=True)
     options.add_runtime_args(p)
     return p
 
@@ -206,7 +206,8 @@ def _json_safe(obj):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_command(COMMAND, build_parser(), argv, _run)
+    return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
+        args, run, _run, lambda res: {m: r["global"]["J&F-Mean"] for m, r in res.items()}, "J&F-Mean"))
 
 
 def _run(args, run: Run) -> Optional[int]:
@@ -252,6 +253,7 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
                            [f"{k}: {m}" for k, m in list(failures.items()) + skipped])
     if skipped:
         raise options.skipped_failures(skipped)
+    return results
 
 
 def _propagate_and_score(args, run: Run, plan: Sequence[Method], sequences, report: dict,

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from liftkit.cli import options
-from liftkit.cli.runner import Run, run_command
+from liftkit.cli.runner import ItemFailures, Run, run_command, run_sweep
 from liftkit.data.image_io import load_image
 from liftkit.data.spair import SPLITS, SpairPair, check_root, load_split
 from liftkit.errors import ConfigError, DatasetError, LiftKitError
@@ -35,7 +35,7 @@ from liftkit.eval.correspondence import (
     DEFAULT_ALPHAS, PadGeometry, PCKAccumulator, alpha_key, bbox_threshold, match_keypoints, pad_to_square,
     pck_correct,
 )
-from liftkit.eval.flops import count_flops
+from liftkit.eval.flops import count_flops, paper_method_flops
 from liftkit.extractor import ViTExtractor
 from liftkit.memory import Predicted
 from liftkit.methods import Method
@@ -57,17 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default="test", choices=SPLITS, help="pair list Layout/large/<split>.txt (default test)")
     d.add_argument("--pairs_per_category", type=int, default=0,
                    help="sample N pairs per category without replacement (default 0: all pairs)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the per-category sampling (default 0)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the per-category sampling and of --lift_path random (default 0)")
     d.add_argument("--sample_with_replacement", action="store_true",
                    help="sample like the official LiFT script (with replacement; duplicates possible)")
     options.add_skip_bad(d)
     options.add_size_args(p, 224, ("pad",), "side of the padded square, a multiple of the patch size (default 224)",
-                          imsize_alias=True)
+                          imsize_alias=True, sweep=True)
     options.add_backbone_args(p)
     options.add_lift_args(p, DEFAULT_METHODS)
     e = p.add_argument_group("evaluation")
     e.add_argument("--renorm_after_upsample", action="store_true",
                    help="re-normalise features after upsampling (exact cosine; off in the official protocol)")
+    e.add_argument("--flops", choices=("true", "paper", "both"), default="true",
+                   help="cost column(s) of the table: true (torch.utils.flop_counter, 2 per multiply-add, attention included; "
+                        "default), paper (the LiFT paper's convention: backbone full forward + facet qkv + LiFT, "
+                        "multiply-accumulates of module calls, see liftkit/eval/flops.py), or both")
     e.add_argument("--subpixel", action="store_true",
                    help="read source features at the exact keypoint position (official: the integer pixel)")
     options.add_output_args(p, None, "folder for spair.json and pck_vs_flops.png (when --output_json / --plot are "
@@ -161,15 +165,19 @@ def format_tables(results: dict) -> str:
     """The summary table (one row per method) and the per-category PCK@0.1 table."""
     methods = results["methods"]
     keys = [alpha_key(a) for a in results["alphas"]]
+    flops = results.get("flops", "true")
+    cols = ([("GFLOPs", "gflops_per_image")] if flops in ("true", "both") else []) + (
+        [("paper G", "paper_gflops_per_image")] if flops in ("paper", "both") else [])
     lines = [
-        f"{'method':<10} {'grid':>9} {'GFLOPs':>8} {'ms/img':>8} "
+        f"{'method':<10} {'grid':>9} " + "".join(f"{c:>9} " for c, _ in cols) + f"{'ms/img':>8} "
         + " ".join(f"{k.upper():>9}" for k in keys) + f" | {'PCK@0.1 kps':>11}"
     ]
     for name, rec in methods.items():
         grid = "x".join(str(v) for v in rec["feature_shape"][1:])
         mean = rec["pck"]["mean_over_categories"]
         lines.append(
-            f"{name:<10} {grid:>9} {rec['gflops_per_image']:>8.2f} {1000 * rec['seconds_per_image']:>8.1f} "
+            f"{name:<10} {grid:>9} " + "".join(f"{rec[k]:>9.2f} " for _, k in cols)
+            + f"{1000 * rec['seconds_per_image']:>8.1f} "
             + " ".join(f"{100 * mean[k]:>9.2f}" for k in keys)
             + f" | {100 * rec['pck']['over_keypoints'].get('pck@0.1', float('nan')):>11.2f}"
         )
@@ -186,7 +194,9 @@ def format_tables(results: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_command(COMMAND, build_parser(), argv, _run)
+    return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
+        args, run, _run, lambda res: {m: r["pck"]["mean_over_categories"].get("pck@0.1")
+                                      for m, r in res["methods"].items()}, "PCK@0.1"))
 
 
 def _check_args(args) -> Tuple[Method, ...]:
@@ -231,10 +241,12 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
     ext = options.make_extractor(args, plan)
     log.info(options.describe_extractor(ext))
 
-    cost = {}
+    cost, paper = {}, {}
     probe = torch.zeros(1, 3, args.load_size, args.load_size, device=ext.device)
     for m in plan:
-        cost[m.name] = count_flops(lambda: ext.dense_features(probe, m))
+        cost[m.name] = count_flops(lambda: ext.dense_features(probe, m))  # always in the JSON
+        if args.flops != "true":
+            paper[m.name] = paper_method_flops(ext, m, args.load_size)
     cache = FeatureCache(ext, plan, args.load_size)
     progress = not args.quiet and sys.stderr.isatty()
     with torch.no_grad():
@@ -249,6 +261,7 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
         "task": "spair71k_keypoint_correspondence",
         "run": run.info,
         "alphas": list(DEFAULT_ALPHAS),
+        "flops": args.flops,
         "protocol": {
             "imsize": args.load_size, "resize": "long side to imsize (Lanczos), zero-padded to a centred square",
             "features": "L2-normalised, bilinear upsampling to imsize x imsize",
@@ -270,6 +283,7 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
         results["methods"][m] = {
             "feature_shape": cache.shapes.get(m, []),
             "flops_per_image": flops, "gflops_per_image": flops / 1e9, "flops_by_op": per_op,
+            **({"paper_flops_per_image": paper[m], "paper_gflops_per_image": paper[m] / 1e9} if m in paper else {}),
             "seconds_per_image": cache.seconds[m] / max(1, cache.calls[m]), "images_timed": cache.calls[m],
             "pck": acc[m].summary(),
         }
@@ -295,3 +309,4 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
         log.info(f"wrote {plot_metric_vs_flops(results['methods'], Path(plot_path), 'pck@0.1', title=title)}")
     if skipped:
         raise options.skipped_failures(skipped)
+    return results

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from liftkit.cli import options
-from liftkit.cli.runner import ItemFailures, Run, run_command
+from liftkit.cli.runner import ItemFailures, Run, run_command, run_sweep
 from liftkit.data.boxes import AnnotatedImage, BoxDataset
 from liftkit.data.coco import load_coco, read_coco20k_list
 from liftkit.data.image_io import list_images, load_image
@@ -55,9 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eval_tokencut.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", required=True, choices=DATASETS)
+    g.add_argument("--dataset", required=True, choices=DATASETS, type=str.lower,
+                   help="any case: the official VOC07, VOC12, COCO20k are accepted")
     options.add_data_root(g, help="VOC: VOCdevkit/VOC2007 (or VOC2012); coco/coco20k: the image folder; folder: any "
-                          "folder", type=Path)
+                          "folder; the official layout (DATAROOT/VOC2007/VOCdevkit/VOC2007, DATAROOT/COCO/images/"
+                          "train2014 + COCO/annotations/instances_train2014.json + coco_20k_filenames.txt) is found "
+                          "too", type=Path)
     g.add_argument("--set", default="trainval", help="VOC ImageSets/Main/<set>.txt (default trainval, the CorLoc "
                    "split); every annotated image when that file is absent")
     g.add_argument("--annotations", type=Path, help="COCO instances JSON (coco, coco20k)")
@@ -67,13 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_backbone_args(p)
     options.add_lift_args(p, "low,bilinear,lift")
     options.add_size_args(p, None, ("short", "square"), "resize the short side to this (default: the image's own "
-                          "size, rounded to the patch)", imsize_alias=True)
+                          "size, rounded to the patch)", imsize_square=True, sweep=True)
     g = p.add_argument_group("TokenCut")
     g.add_argument("--tau", default="auto",
                    help="affinity threshold; 'auto' (default): the backbone table's value (liftkit/eval/tokencut_tau.py:"
                         " the paper's 0.2 VOC / 0.3 COCO for DINO v1 keys, a value measured on training images for "
                         "other backbones and facets); a number is used as given")
     g.add_argument("--eps", type=float, default=DEFAULT_EPS, help="weight of edges below tau")
+    g.add_argument("--no-binary-graph", "--no_binary_graph", dest="no_binary_graph", action="store_true",
+                   help="similarity-weighted edges (entries below tau set to eps) instead of binary ones (the official "
+                        "ablation; dense solver)")
+    o = p.add_argument_group("accepted for the official eval_obj_disc.py commands")
+    o.add_argument("--no_hard", action="store_true", help="official VOC_all setup only; no effect on VOC07/VOC12/COCO20k")
+    o.add_argument("--k_patches", type=int, default=100, help="official LOST parameter, unused by TokenCut")
+    o.add_argument("--which_features", choices=("k", "q", "v"), default=None,
+                   help="alias of --facet (k: key, q: query, v: value)")
     g.add_argument("--solver", default="auto", choices=SOLVERS,
                    help="dense: scipy eigh (reference); sparse: matrix-free Lanczos; auto: by grid size")
     options.add_output_args(p, None, "folder for tokencut.json (when --output_json is not given)",
@@ -84,8 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def official_layout(args: argparse.Namespace) -> None:
+    """Map the official eval_obj_disc.py data layout under ``--dataroot`` to ours (in place, only where the given
+    folder is not already in our layout)."""
+    root = Path(args.data_root)
+    if args.dataset in ("voc07", "voc12"):
+        year = "2007" if args.dataset == "voc07" else "2012"
+        for cand in (root / f"VOC{year}" / "VOCdevkit" / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}"):
+            if not (root / "Annotations").is_dir() and (cand / "Annotations").is_dir():
+                args.data_root = cand
+                return
+    elif args.dataset == "coco20k":
+        ann = root / "COCO" / "annotations" / "instances_train2014.json"
+        if args.annotations is None and ann.is_file():
+            args.annotations = ann
+        if args.coco20k_list is None and (root / "coco_20k_filenames.txt").is_file():
+            args.coco20k_list = root / "coco_20k_filenames.txt"
+        if (root / "COCO" / "images" / "train2014").is_dir():
+            args.data_root = root / "COCO" / "images" / "train2014"
+
+
 def load_dataset(args: argparse.Namespace) -> BoxDataset:
     """The :class:`BoxDataset` the flags describe (raises DatasetError / ConfigError)."""
+    official_layout(args)
     root = args.data_root
     if args.dataset in ("voc07", "voc12"):
         return load_voc(root, args.set, skip_bad=args.skip_bad, name=args.dataset)
@@ -138,7 +170,8 @@ def _fmt_box(b) -> List[float]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_command(COMMAND, build_parser(), argv, _run)
+    return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
+        args, run, _run, lambda res: {m: r["corloc"] for m, r in res.items()}, "CorLoc"))
 
 
 def _run(args, run: Run) -> Optional[int]:
@@ -155,6 +188,8 @@ def _evaluate(args, run: Run, ctx) -> Optional[int]:
     log = run.log
     plan = options.methods_plan(args.methods)
     methods = [m.name for m in plan]
+    if args.which_features:
+        args.facet = {"k": "key", "q": "query", "v": "value"}[args.which_features]
     tau, tau_source = parse_tau(args.tau), "--tau"
     if not 0 < args.eps < 1:
         raise ConfigError(f"--eps {args.eps} must be in (0, 1)")
@@ -232,6 +267,7 @@ def _evaluate(args, run: Run, ctx) -> Optional[int]:
                            [f"{a}: {b}" for a, b in failures + skipped])
     if skipped:
         raise options.skipped_failures(skipped)
+    return summary
 
 
 def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau: float, has_gt: bool,
@@ -264,7 +300,7 @@ def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau
             # pixels of the original image per grid cell (the effective patch size of this grid)
             res.update(feature_s=round(timings[method], 4), grid_hw=[gh, gw],
                        cell_px=[round(h / gh, 4), round(w / gw, 4)])
-            tc = tokencut(f, (h, w), tau=tau, eps=args.eps, solver=args.solver)
+            tc = tokencut(f, (h, w), tau=tau, eps=args.eps, solver=args.solver, weighted=args.no_binary_graph)
         except LiftKitError as exc:
             failures.append((f"{item.name} [{method}]", str(exc)))
             res.update(error=str(exc), box=None, iou=None, correct=False if has_gt else None,

@@ -27,7 +27,7 @@ from liftkit.cli.runner import ItemFailures, Run, provenance_strings, run_comman
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, list_images
 from liftkit.data.loader import default_num_workers, shard
 from liftkit.errors import ConfigError
-from liftkit.io.feature_files import FORMATS
+from liftkit.io.feature_files import FORMATS, SUFFIX
 from liftkit.io.feature_store import ShardWriter, scan_store, write_index
 from liftkit.methods import Method
 from liftkit.train.distributed import barrier, gather_objects, shutdown_distributed
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_image_path(io, [DEFAULT_IMAGE], "image file(s), folder(s) (searched recursively) or glob(s) "
                            f"(default: {DEFAULT_IMAGE} in the working directory)")
     io.add_argument("--output_path", default=None, help="output file, for a single input image")
-    io.add_argument("--format", choices=FORMATS, default="pt", help="feature file format (default: pt)")
+    io.add_argument("--format", choices=FORMATS, default="pt", help="feature file format (default: pt; official: "
+                    "exactly what the official lift_extractor.py writes, a [1, T', C] tensor via torch.save, .pth)")
     io.add_argument("--save_vis", action="store_true",
                     help="also write <name>_vis.png: the image, PCA pictures of the backbone and the output features")
     io.add_argument("--overwrite", action="store_true", help="overwrite existing output files (default: skip them, "
@@ -67,10 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("method")
     m.add_argument("--lift_iter", type=int, default=1, help="LiFT applications (each doubles the grid; default 1)")
     m.add_argument("--no_lift", action="store_true", help="save the backbone's own grid (no LiFT)")
-    m.add_argument("--upsample", choices=("bilinear", "nearest"), default=None,
-                   help="baseline instead of LiFT: upsample the backbone grid by 2^lift_iter")
+    m.add_argument("--upsample", choices=("bilinear", "nearest", "jbu"), default=None,
+                   help="baseline instead of LiFT: upsample the backbone grid by 2^lift_iter (jbu: joint bilateral, "
+                        "guided by the image; sigmas --jbu_sigma_spatial, --jbu_sigma_range)")
     options.add_size_args(p, 224, ("short", "square"), "short side the image is resized to before rounding to patch "
                           "multiples (0: keep size; default 224)")
+    options.add_protocol_arg(p.add_argument_group("protocol"), "the official preprocessing (PIL image without EXIF "
+                             "rotation, short side to --load_size with torchvision's Resize(LANCZOS), the official "
+                             "normalisation per model, right/bottom remainder cropped to patch multiples)")
     options.add_runtime_args(p)
     r = p.add_argument_group("limits")
     r.add_argument("--batch_size", type=int, default=1, help="images per forward pass (same-size images are batched)")
@@ -84,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _output_file(image: Path, root: Optional[Path], args, single: bool) -> Path:
     if single and args.output_path:
         return Path(args.output_path)
-    return Path(args.output_dir) / _relative(image, root).with_suffix("." + args.format)
+    return Path(args.output_dir) / _relative(image, root).with_suffix("." + SUFFIX.get(args.format, args.format))
 
 
 def _check_args(args) -> None:
@@ -132,7 +137,8 @@ def _extract(args, run: Run, ctx) -> Optional[int]:
     ext = options.make_extractor(args, [method], use_lift=use_lift, instead="use --no_lift / --upsample bilinear")
     log.info(options.describe_extractor(ext))
     if use_lift:
-        log.info(f"LiFT {ext.lift_path} (x{args.lift_iter})")
+        log.info(f"LiFT {ext.lift_path} (x{args.lift_iter})" + (
+            f"; backbone taken from --model_type {ext.spec.name}" if "model_type" in ext.lift_meta.source else ""))
     images = list_images(args.image_path)
     if not images:
         raise ConfigError(f"--image_path {' '.join(args.image_path)}: no image found")

@@ -3,7 +3,8 @@
 * dataset folder: ``--data_root`` (aliases ``--data_path``, ``--dataroot``);
 * input images: ``--image_path`` (aliases ``--data_root``, ``--data_path``, ``--dataroot``);
 * backbone: ``--model_type --backbone_weights --offline --random_init --layer --facet --channel_order``;
-* LiFT file: ``--lift_path auto|none|FILE`` (every command that applies a LiFT);
+* LiFT file: ``--lift_path auto|none|random|FILE`` (every command that applies a LiFT; ``random``: an untrained LiFT
+  seeded by ``--seed``); JBU sigmas ``--jbu_sigma_spatial``, ``--jbu_sigma_range`` (the ``jbu`` method);
 * methods: ``--methods low,bilinear,lift,...``, parsed once into a plan (:mod:`liftkit.methods`);
 * input size: ``--load_size N`` + ``--resize_mode`` (aliases: ``--imsize`` in eval_spair, eval_tokencut and
   train_lift; ``--resize`` in train_lift; ``--short_side N``, ``--square_resize N`` in eval_davis);
@@ -23,6 +24,7 @@ import argparse
 from typing import Optional, Sequence
 
 from liftkit.extractor import DTYPES, ViTExtractor, available_backbones
+from liftkit.lift.jbu import DEFAULT_SIGMA_RANGE, DEFAULT_SIGMA_SPATIAL
 from liftkit.methods import Method, needs_lift_message, parse_methods
 from liftkit.memory import MAX_MEMORY_HELP, check_budget, default_max_memory_gb, plan_tensors
 from liftkit.specs import DEFAULT_BACKBONE
@@ -58,26 +60,51 @@ def add_backbone_args(parser, layer_help: str = "block index, 0-based; -1 = last
 
 
 def add_lift_args(parser, methods_default: Optional[str] = None) -> None:
-    """``--lift_path`` and, when ``methods_default`` is given, ``--methods``."""
+    """``--lift_path``, ``--seed`` (unless the command declares its own), the JBU sigmas and, when
+    ``methods_default`` is given, ``--methods``."""
     g = parser.add_argument_group("LiFT and methods")
-    g.add_argument("--lift_path", default="auto", help="LiFT file (.safetensors or official .pth); 'auto' (default): "
-                   "lift_<model_type>.safetensors from $LIFTKIT_WEIGHTS_DIR or pretrained/, else the shipped one; "
-                   "'none': no LiFT")
+    g.add_argument("--lift_path", default="auto", help="LiFT file (.safetensors or official .pth under any name: "
+                   "its backbone is then --model_type); 'auto' (default): lift_<model_type>.safetensors from "
+                   "$LIFTKIT_WEIGHTS_DIR or pretrained/, else the shipped one; 'none': no LiFT; 'random': an "
+                   "untrained LiFT seeded by --seed (the paper's random-LiFT ablation)")
+    if "--seed" not in parser._option_string_actions:
+        g.add_argument("--seed", type=int, default=0, help="seed of --lift_path random (default 0)")
+    g.add_argument("--jbu_sigma_spatial", type=float, default=DEFAULT_SIGMA_SPATIAL,
+                   help=f"jbu method: spatial sigma in backbone cells (default {DEFAULT_SIGMA_SPATIAL})")
+    g.add_argument("--jbu_sigma_range", type=float, default=DEFAULT_SIGMA_RANGE,
+                   help=f"jbu method: range sigma on RGB in [0, 1] (default {DEFAULT_SIGMA_RANGE})")
     if methods_default is not None:
         g.add_argument("--methods", default=methods_default,
-                       help="comma-separated: low, bilinear, nearest, highres, lift, liftK, bilinearK, highresK "
-                            f"(default {methods_default})")
+                       help="comma-separated: low, bilinear, nearest, highres, jbu, lift, liftK, bilinearK, highresK, "
+                            f"jbuK (default {methods_default})")
 
 
 def add_size_args(parser, default: Optional[int], modes: Sequence[str], help: str, imsize_alias: bool = False,
-                  davis_aliases: bool = False, resize_alias: bool = False) -> None:
-    """``--load_size`` and ``--resize_mode`` (see the module docstring); the aliases where they exist today."""
+                  davis_aliases: bool = False, resize_alias: bool = False, imsize_square: bool = False,
+                  sweep: bool = False) -> None:
+    """``--load_size`` and ``--resize_mode`` (see the module docstring); the aliases where they exist today.
+
+    ``imsize_square``: ``--imsize N`` with the official LiFT scripts' meaning in eval_davis, eval_tokencut and
+    eval_visualize_feats, the N x N square (``--load_size N --resize_mode square``).
+    ``sweep``: the evaluations' input-size sweep: ``--sweep_sizes 56,112,224,448``, or a comma list given to
+    ``--load_size``/``--imsize`` (``args.sweep_sizes``: the list, or None for one size).
+    """
     g = parser.add_argument_group("input size")
     flags = ["--load_size"] + (["--imsize"] if imsize_alias else [])
-    g.add_argument(*flags, dest="load_size", type=int, default=default,
-                   help=help + (" (alias: --imsize)" if imsize_alias else ""))
+    size_kw = {"type": _size_list, "action": _SizeAlias, "mode": None} if sweep else {"type": int}
+    g.add_argument(*flags, dest="load_size", default=default, **size_kw,
+                   help=help + (" (alias: --imsize)" if imsize_alias else "")
+                   + ("; a comma list (56,112,224,448) runs a sweep" if sweep else ""))
+    if sweep:
+        parser.set_defaults(sweep_sizes=None)
+        g.add_argument("--sweep_sizes", type=_size_list, action=_SizeAlias, mode=None, metavar="N,N,...",
+                       help="run the evaluation once per input size (one row per size in the sweep table), "
+                            "e.g. 56,112,224,448 (the paper's input-size ablation)")
     g.add_argument("--resize_mode", *(["--resize"] if resize_alias else []), dest="resize_mode", choices=tuple(modes),
                    default=modes[0], help=f"default {modes[0]}" + (" (alias: --resize)" if resize_alias else ""))
+    if imsize_square:
+        g.add_argument("--imsize", type=_size_list if sweep else int, action=_SizeAlias, mode="square", metavar="N",
+                       help="the official scripts' --imsize: same as --load_size N --resize_mode square")
     if davis_aliases:
         g.add_argument("--short_side", type=int, action=_SizeAlias, mode="short", metavar="N",
                        help="same as --load_size N --resize_mode short")
@@ -85,15 +112,44 @@ def add_size_args(parser, default: Optional[int], modes: Sequence[str], help: st
                        help="same as --load_size N --resize_mode square (official LiFT protocol)")
 
 
-class _SizeAlias(argparse.Action):
-    """An old size flag: sets ``load_size`` and ``resize_mode`` together."""
+def _size_list(text: str):
+    """``"224"`` -> [224]; ``"56,112,224"`` -> [56, 112, 224] (positive integers)."""
+    try:
+        sizes = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size or a comma list of sizes") from None
+    if not sizes or any(v < 0 for v in sizes):
+        raise argparse.ArgumentTypeError(f"'{text}': sizes must be non-negative integers")
+    return sizes
 
-    def __init__(self, option_strings, dest, mode: str, **kwargs):
+
+class _SizeAlias(argparse.Action):
+    """A size flag: sets ``load_size`` (and ``resize_mode`` unless mode is None) together; a list value (sweep flags)
+    sets ``load_size`` to its first size and ``sweep_sizes`` to the list when it has several."""
+
+    def __init__(self, option_strings, dest, mode: Optional[str], **kwargs):
         self.mode = mode
-        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+        keep = dest == "load_size"
+        default = kwargs.pop("default", None)
+        super().__init__(option_strings, dest=dest if keep else argparse.SUPPRESS,
+                         default=default if keep else argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        namespace.load_size, namespace.resize_mode = values, self.mode
+        if isinstance(values, list):
+            namespace.sweep_sizes = values if len(values) > 1 else None
+            values = values[0]
+        namespace.load_size = values
+        if self.mode is not None:
+            namespace.resize_mode = self.mode
+
+
+PROTOCOLS = ("ours", "official")
+
+
+def add_protocol_arg(parser, help: str) -> None:
+    """``--protocol ours|official``: our defaults, or the official LiFT pipeline where they deliberately differ
+    (docs/reproducing.md lists each difference)."""
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="ours", help=f"default ours; official: {help}")
 
 
 def add_runtime_args(parser, device_default: str = "auto", dtype: bool = True,
@@ -167,6 +223,8 @@ def make_extractor(args, plan: Sequence[Method] = (), use_lift: bool = True,
         model_type=args.model_type, layer=args.layer, facet=args.facet, channel_order=args.channel_order,
         backbone_weights=args.backbone_weights, offline=args.offline, random_init=args.random_init,
         lift_path=lift_path, device=args.device, dtype=getattr(args, "dtype", "float32"),
+        jbu_sigma_spatial=getattr(args, "jbu_sigma_spatial", DEFAULT_SIGMA_SPATIAL),
+        jbu_sigma_range=getattr(args, "jbu_sigma_range", DEFAULT_SIGMA_RANGE), lift_seed=getattr(args, "seed", 0) or 0,
     )
     if plan:
         ext.require_lift(plan, instead)
@@ -177,7 +235,7 @@ def describe_extractor(ext: ViTExtractor) -> str:
     """The one log line naming what the features come from."""
     return (f"backbone {ext.spec.name} weights={ext.info.weights_path or 'random'} ({ext.info.origin}) "
             f"sha256={ext.info.weights_sha256[:12]} layer={ext.layer} facet={ext.facet} p={ext.patch_size} "
-            f"lift={ext.lift_path or 'none'}")
+            f"lift={ext.lift_path or 'none'}" + (f" [{ext.lift_meta.source}]" if ext.lift_meta is not None else ""))
 
 
 def check_memory(args, spec, height: int, width: int, plan: Sequence[Method], flags: dict,

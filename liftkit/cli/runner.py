@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from liftkit import __version__
 from liftkit.device import resolve_device
@@ -184,3 +184,44 @@ def run_command(command: str, parser: argparse.ArgumentParser, argv, body: Body)
     except KeyboardInterrupt:
         log.error("interrupted")
         return EXIT_INTERRUPTED
+
+
+def run_sweep(args: argparse.Namespace, run: Run, body: Callable[[argparse.Namespace, Run], Any],
+              metrics: Callable[[Any], Dict[str, Optional[float]]], metric_name: str) -> None:
+    """Run an evaluation ``body`` once, or once per ``--sweep_sizes`` entry (outputs suffixed ``_<size>`` /
+    ``size<size>/``), then print the sweep table: one row per input size, one column per method (``metrics`` maps
+    a body's return value to method -> figure, a fraction). A sweep's JSON goes to ``--output_json`` itself."""
+    sizes = getattr(args, "sweep_sizes", None)
+    if not sizes:
+        body(args, run)
+        return
+    rows: Dict[int, Dict[str, Optional[float]]] = {}
+    failures: List[str] = []
+    for size in sizes:
+        one = argparse.Namespace(**vars(args))
+        one.load_size, one.sweep_sizes = size, None
+        if getattr(one, "output_json", None):
+            p = Path(one.output_json)
+            one.output_json = str(p.with_name(f"{p.stem}_{size}{p.suffix}"))
+        if getattr(one, "output_dir", None):
+            one.output_dir = str(Path(one.output_dir) / f"size{size}")
+        run.log.info(f"sweep: input size {size}")
+        try:
+            rows[size] = metrics(body(one, run))
+        except ItemFailures as exc:
+            failures += [f"size {size}: {item}" for item in exc.items]
+            rows[size] = {}
+    methods = list(dict.fromkeys(m for r in rows.values() for m in r))
+    print(f"\ninput-size sweep, {metric_name} (%): one row per --load_size")
+    print(f"{'size':>6} " + " ".join(f"{m:>10}" for m in methods))
+    for size, r in rows.items():
+        print(f"{size:>6} " + " ".join(f"{'-' if r.get(m) is None else format(100 * r[m], '.2f'):>10}"
+                                       for m in methods))
+    if getattr(args, "output_json", None):
+        out = Path(args.output_json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"run": run.info, "metric": metric_name, "sweep": {str(s): r for s, r in rows.items()}},
+                                  indent=1))
+        run.log.info(f"wrote {out}")
+    if failures:
+        raise ItemFailures(f"{len(failures)} failure(s) in the sweep", failures)

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no_cka", action="store_true", help="skip the CKA scale-invariance analysis")
     a.add_argument("--cka_scales", default="56,112,224,448", help="square input sizes for CKA")
     a.add_argument("--flops_json", default=None, help="eval_spair.py --output_json file: draw PCK@0.1 vs FLOPs")
-    options.add_size_args(p, 224, ("short", "square"), "short side of the maps' input (default 224)")
+    options.add_size_args(p, 224, ("short", "square"), imsize_square=True, help="short side of the maps' input (default 224)")
     options.add_runtime_args(p)
     return p
 

@@ -20,8 +20,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from PIL import Image
+
 from liftkit.data.image_io import DEFAULT_MAX_PIXELS, load_image
-from liftkit.data.transforms import target_size, to_tensor
+from liftkit.data.transforms import official_to_tensor, target_size, to_tensor
 from liftkit.errors import ImageLoadError, LiftKitError
 
 
@@ -41,11 +43,13 @@ class ImageFiles(Dataset):
 
     def __init__(self, paths: Sequence[Path], patch_size: int, mean: Sequence[float], std: Sequence[float],
                  load_size: Optional[int] = None, resize_mode: str = "short",
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_tokens: Optional[int] = None, keep_image: bool = False):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_tokens: Optional[int] = None, keep_image: bool = False,
+                 official: bool = False):
         self.paths = [Path(p) for p in paths]
         self.patch_size, self.mean, self.std = patch_size, tuple(mean), tuple(std)
         self.load_size, self.resize_mode = load_size, resize_mode
         self.max_pixels, self.max_tokens, self.keep_image = max_pixels, max_tokens, keep_image
+        self.official = official  # the official LiFT preprocessing (--protocol official; see official_to_tensor)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -54,10 +58,16 @@ class ImageFiles(Dataset):
         path = self.paths[i]
         item: Dict[str, Any] = {"index": i, "path": str(path), "x": None, "size": None, "image": None, "error": None}
         try:
-            img = load_image(path, min_side=self.patch_size, max_pixels=self.max_pixels)
-            size = target_size(img.size, self.patch_size, self.load_size, self.resize_mode)
-            check_tokens(path, img.size, size, self.patch_size, self.max_tokens)
-            item["x"] = to_tensor(img, size, self.mean, self.std)
+            if self.official:
+                with Image.open(path) as im:
+                    img = im.convert("RGB")
+                item["x"] = official_to_tensor(img, self.load_size, self.mean, self.std, self.patch_size)
+                check_tokens(path, img.size, tuple(item["x"].shape[-2:]), self.patch_size, self.max_tokens)
+            else:
+                img = load_image(path, min_side=self.patch_size, max_pixels=self.max_pixels)
+                size = target_size(img.size, self.patch_size, self.load_size, self.resize_mode)
+                check_tokens(path, img.size, size, self.patch_size, self.max_tokens)
+                item["x"] = to_tensor(img, size, self.mean, self.std)
             item["size"] = img.size
             if self.keep_image:
                 item["image"] = img

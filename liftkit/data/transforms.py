@@ -72,3 +72,32 @@ def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     m = torch.tensor(mean, dtype=x.dtype, device=x.device)[:, None, None]
     s = torch.tensor(std, dtype=x.dtype, device=x.device)[:, None, None]
     return (x * s + m).clamp(0, 1)
+
+
+def official_normalisation(model_type: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) as the official LiFT extractor picks them: ImageNet's for ``dino*`` names, else 0.5."""
+    if "dino" in model_type:
+        return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def official_to_tensor(image: Image.Image, load_size: Optional[int], mean: Sequence[float], std: Sequence[float],
+                       patch_size: int) -> torch.Tensor:
+    """The official LiFT / dino-vit-features preprocessing (``--protocol official``), bit for bit: torchvision's
+    ``Resize(load_size, LANCZOS)`` (short side to load_size, long side ``int(load_size * long / short)``), ``ToTensor``,
+    ``Normalize``; then the right/bottom remainder that the patch embedding's strided convolution ignores is cropped.
+
+    Returns:
+        (1, 3, H, W) float32, H and W multiples of ``patch_size``.
+    """
+    w, h = image.size
+    if load_size:
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(load_size * long / short)
+        size = (load_size, new_long) if w <= h else (new_long, load_size)
+        if size != (w, h):
+            image = image.resize(size, Image.LANCZOS)
+    x = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+    x = x.sub(torch.tensor(mean).view(3, 1, 1)).div(torch.tensor(std).view(3, 1, 1))
+    hh, ww = x.shape[1] // patch_size * patch_size, x.shape[2] // patch_size * patch_size
+    return x[None, :, :hh, :ww].contiguous()

@@ -105,3 +105,26 @@ def paper_flops(fn: Callable[[], Any], modules: Tuple[torch.nn.Module, ...]) -> 
 def facet_qkv_macs(tokens: int, dim: int, facet: str) -> int:
     """The extra qkv projection the paper counts for a q/k/v facet: ``tokens x dim x 3 dim`` (0 for ``token``)."""
     return 0 if facet == "token" else int(tokens) * int(dim) * 3 * int(dim)
+
+
+def paper_method_flops(ext: Any, method: Any, size: int) -> int:
+    """The paper's "FLOPs" of one method on a ``size`` x ``size`` input, as its cost table counts them: the
+    backbone's full forward (on the 2^K x image for ``highresK``) + the facet's qkv (:func:`facet_qkv_macs`) + the
+    LiFT steps (``liftK``: K of them). Bilinear, nearest and JBU upsampling add nothing in this convention.
+
+    Args:
+        ext: a :class:`liftkit.extractor.ViTExtractor`; method: a name or :class:`liftkit.methods.Method`.
+    """
+    from liftkit.methods import Method
+
+    m = method if isinstance(method, Method) else Method.parse(method)
+    s = m.scale if m.kind == "highres" else 1
+    p, dim = ext.patch_size, ext.embed_dim
+    xb = torch.zeros(1, 3, size * s, size * s, device=ext.device, dtype=ext.dtype)
+    tokens = ext.model.num_prefix_tokens + (size * s // p) ** 2
+    macs = paper_flops(lambda: ext.model.forward_final(xb), (ext.model,)) + facet_qkv_macs(tokens, dim, ext.facet)
+    if m.needs_lift:
+        x = torch.zeros(1, 3, size, size, device=ext.device)
+        low = ext.extract_descriptors(x)
+        macs += paper_flops(lambda: ext.lift_steps(low, x, m.iterations), (ext.lift,))
+    return int(macs)

@@ -245,9 +245,18 @@ def _no_cut_error(flat: torch.Tensor, tau: float, complete: bool = True) -> Conf
     )
 
 
-def second_eigenvector(flat: torch.Tensor, tau: float, eps: float = DEFAULT_EPS, solver: str = "auto"
-                       ) -> Tuple[np.ndarray, float, str, float]:
-    """The Ncut eigenvector of (N, C) unit rows.
+def weighted_second_eigenvector(flat: torch.Tensor, tau: float, eps: float = DEFAULT_EPS) -> Tuple[np.ndarray, float]:
+    """The official ``--no-binary-graph`` ablation: ``A = f f^T`` with entries below tau set to eps (dense eigh)."""
+    a = (flat @ flat.t()).numpy().astype(np.float64)
+    a[a < tau] = eps
+    d = np.diag(a.sum(axis=1))
+    vals, vecs = scipy.linalg.eigh(d - a, d, subset_by_index=[1, 1])
+    return vecs[:, 0], float(vals[0])
+
+
+def second_eigenvector(flat: torch.Tensor, tau: float, eps: float = DEFAULT_EPS, solver: str = "auto",
+                       weighted: bool = False) -> Tuple[np.ndarray, float, str, float]:
+    """The Ncut eigenvector of (N, C) unit rows (``weighted``: similarity-weighted edges, dense solver only).
 
     Returns:
         ((N,) eigenvector, eigenvalue, the solver used, density of B (fraction of pairs above tau)).
@@ -261,6 +270,10 @@ def second_eigenvector(flat: torch.Tensor, tau: float, eps: float = DEFAULT_EPS,
     if n > MAX_NODES:
         raise ConfigError(f"TokenCut on a grid of {n} cells (more than {MAX_NODES}) needs too much memory; "
                           "pass a smaller --load_size")
+    if weighted:
+        b = binary_affinity(flat, tau)
+        vec, val = weighted_second_eigenvector(flat, tau, eps)
+        return vec, val, "dense", float(b.mean())
     if solver == "dense":
         b = binary_affinity(flat, tau)
         density = float(b.mean())
@@ -321,7 +334,7 @@ def grid_box_to_image(box_grid: Tuple[int, int, int, int], grid_hw: Tuple[int, i
 
 
 def tokencut(feats: Union[torch.Tensor, np.ndarray], image_hw: Tuple[int, int], tau: float = 0.2,
-             eps: float = DEFAULT_EPS, solver: str = "auto") -> TokenCutResult:
+             eps: float = DEFAULT_EPS, solver: str = "auto", weighted: bool = False) -> TokenCutResult:
     """Run TokenCut on one image's dense features.
 
     Args:
@@ -330,12 +343,13 @@ def tokencut(feats: Union[torch.Tensor, np.ndarray], image_hw: Tuple[int, int], 
         tau: affinity threshold.
         eps: weight of the edges below tau.
         solver: ``dense`` | ``sparse`` | ``auto``.
+        weighted: similarity-weighted instead of binary edges (the official ``--no-binary-graph``; dense solver).
     Returns:
         :class:`TokenCutResult`.
     """
     flat = flatten_normalized(feats)
     grid_hw = tuple(int(s) for s in torch.as_tensor(feats).shape[-2:])
-    vec, val, used, density = second_eigenvector(flat, tau, eps, solver)
+    vec, val, used, density = second_eigenvector(flat, tau, eps, solver, weighted)
     fg, signed, seed = bipartition(vec, grid_hw)
     mask = seed_component(fg, seed)
     box_grid = mask_box(mask)

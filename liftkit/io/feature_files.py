@@ -24,7 +24,8 @@ import torch
 
 from liftkit.io.outputs import atomic_write
 
-FORMATS = ("pt", "npy", "safetensors")
+FORMATS = ("pt", "npy", "safetensors", "official")
+SUFFIX = {"official": "pth"}  # file extension of a format, when it is not the format's name
 
 
 def save_features(path: Path, features: torch.Tensor, metadata: Dict[str, str], fmt: str) -> Path:
@@ -52,6 +53,8 @@ def save_features(path: Path, features: torch.Tensor, metadata: Dict[str, str], 
     with atomic_write(path) as tmp:
         if fmt == "pt":
             torch.save({"features": t, "metadata": meta}, tmp)
+        elif fmt == "official":  # exactly what the official lift_extractor.py writes: a [1, T', C] tensor
+            torch.save(t.flatten(1).t().unsqueeze(0).contiguous(), tmp)
         else:
             from safetensors.torch import save_file
 

@@ -138,8 +138,13 @@ def _strip_module(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
-def load_lift(path: Path, map_location: str = "cpu") -> Tuple[LiFT, LiftMeta]:
+def load_lift(path: Path, map_location: str = "cpu", backbone: Optional[str] = None) -> Tuple[LiFT, LiftMeta]:
     """Load a LiFT file (ours: ``.safetensors``; official: ``.pth``) strictly.
+
+    Args:
+        backbone: the backbone the user named (``--model_type``): an official ``.pth`` whose name does not say its
+            backbone is taken to be for this one (its channel count and parameter shapes are still checked against
+            it, and ``meta.source`` reads ``official (backbone from --model_type)``).
 
     Returns:
         (LiFT in eval mode, LiftMeta).
@@ -168,17 +173,21 @@ def load_lift(path: Path, map_location: str = "cpu") -> Tuple[LiFT, LiftMeta]:
         if not isinstance(sd, dict) or "outc.weight" not in _strip_module(sd):
             raise CheckpointError(f"'{path}' is not a LiFT state dict (no 'outc.weight')")
         sd = _strip_module(sd)
-        backbone = official_backbone_from_name(path)
-        if backbone is None:
+        source = "official"
+        named = official_backbone_from_name(path)
+        if named is None and backbone in BACKBONES:
+            source = "official (backbone from --model_type)"
+        backbone = named or backbone
+        if backbone not in BACKBONES:
             raise CheckpointError(
                 f"cannot tell which backbone the official LiFT file '{path}' was trained for; name it "
-                f"lift_<backbone>.pth (e.g. lift_dino_vits16.pth)"
+                f"lift_<backbone>.pth (e.g. lift_dino_vits16.pth) or give --model_type"
             )
         spec = BACKBONES[backbone]
         meta = LiftMeta(
             backbone=backbone, backbone_weights_sha256=UNKNOWN, layer=spec.depth - 1, facet="key",
             channel_order="dim_major", patch_size=spec.patch_size, channels=int(sd["outc.weight"].shape[0]),
-            mean=spec.mean, std=spec.std, source="official",
+            mean=spec.mean, std=spec.std, source=source,
         )
     try:
         model = meta.build()
