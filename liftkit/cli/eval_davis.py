@@ -46,7 +46,7 @@ from liftkit.eval.label_propagation import PropagationConfig, iter_propagate_lab
 from liftkit.extractor import ViTExtractor
 from liftkit.methods import Method
 from liftkit.data.loader import shard
-from liftkit.train.distributed import DistContext, barrier, gather_objects, shutdown_distributed
+from liftkit.train.distributed import DistContext, barrier, gather_objects
 
 COMMAND = "eval_davis"
 MEMORY_FLAGS = {"size": "--short_side / --square_resize (--load_size)", "lift_iter": "the K of liftK in --methods",
@@ -213,11 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(args, run: Run) -> Optional[int]:
     """Under torchrun each rank propagates its share of the sequences (rank r: sequences r, r + N, ...) into the
     shared output folder; rank 0 gathers the runs and scores every sequence as one process would."""
-    ctx = options.join_torchrun(args, run.log)
-    try:
+    with options.torchrun_group(args, run.log) as ctx:
         return _evaluate(args, run, ctx)
-    finally:
-        shutdown_distributed(ctx)
 
 
 def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:

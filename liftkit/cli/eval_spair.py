@@ -40,7 +40,7 @@ from liftkit.extractor import ViTExtractor
 from liftkit.memory import Predicted
 from liftkit.methods import Method
 from liftkit.specs import get_spec
-from liftkit.train.distributed import DistContext, gather_objects, shutdown_distributed
+from liftkit.train.distributed import DistContext, gather_objects
 
 COMMAND = "eval_spair"
 MEMORY_FLAGS = {"size": "--imsize (--load_size)", "methods": "the K of liftK/highresK/bilinearK in --methods",
@@ -217,11 +217,8 @@ def _check_args(args) -> Tuple[Method, ...]:
 
 
 def _run(args, run: Run) -> Optional[int]:
-    ctx = options.join_torchrun(args, run.log)
-    try:
+    with options.torchrun_group(args, run.log) as ctx:
         return _evaluate(args, run, ctx)
-    finally:
-        shutdown_distributed(ctx)
 
 
 def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:

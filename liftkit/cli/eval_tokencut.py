@@ -43,7 +43,7 @@ from liftkit.eval.tokencut_tau import auto_tau, parse_tau
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
 from liftkit.io.outputs import os_error_message
 from liftkit.memory import eigen_tensors
-from liftkit.train.distributed import gather_objects, shutdown_distributed
+from liftkit.train.distributed import gather_objects
 
 COMMAND = "eval_tokencut"
 MEMORY_FLAGS = {"size": "--imsize (--load_size)", "methods": "the K of liftK/bilinearK/highresK in --methods "
@@ -177,11 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(args, run: Run) -> Optional[int]:
     """Under torchrun each rank evaluates its share of the images (rank r: images r, r + N, ...); rank 0 gathers
     the per-image records in data-set order and writes the one-process summary and JSON."""
-    ctx = options.join_torchrun(args, run.log)
-    try:
+    with options.torchrun_group(args, run.log) as ctx:
         return _evaluate(args, run, ctx)
-    finally:
-        shutdown_distributed(ctx)
 
 
 def _evaluate(args, run: Run, ctx) -> Optional[int]:

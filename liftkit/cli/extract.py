@@ -30,7 +30,7 @@ from liftkit.errors import ConfigError
 from liftkit.io.feature_files import FORMATS, SUFFIX
 from liftkit.io.feature_store import ShardWriter, scan_store, write_index
 from liftkit.methods import Method
-from liftkit.train.distributed import barrier, gather_objects, shutdown_distributed
+from liftkit.train.distributed import barrier, gather_objects
 
 COMMAND = "lift_extractor"
 MANIFEST_FIELDS = ("file", "output", "grid", "status", "error")
@@ -123,11 +123,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run(args, run: Run) -> Optional[int]:
     _check_args(args)
-    ctx = options.join_torchrun(args, run.log)
-    try:
+    with options.torchrun_group(args, run.log) as ctx:
         return _extract(args, run, ctx)
-    finally:
-        shutdown_distributed(ctx)
 
 
 def _extract(args, run: Run, ctx) -> Optional[int]:

@@ -21,6 +21,7 @@ N x N square), ``crop`` / ``squash`` (train_lift: the S x S training crop, or th
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Optional, Sequence
 
 from liftkit.extractor import DTYPES, ViTExtractor, available_backbones
@@ -265,13 +266,14 @@ def methods_plan(text: str):
     return parse_methods(text)
 
 
-def join_torchrun(args, log):
+@contextlib.contextmanager
+def torchrun_group(args, log):
     """Under torchrun: join the process group (gloo on CPU, NCCL on CUDA), pin ``--device cuda`` to
-    ``cuda:LOCAL_RANK`` and quiet the info lines of ranks other than 0. A no-op for one process.
-    Returns the :class:`~liftkit.train.distributed.DistContext`; end with ``shutdown_distributed``."""
+    ``cuda:LOCAL_RANK`` and quiet the info lines of ranks other than 0; leave the group on exit. A no-op for one
+    process. Yields the :class:`~liftkit.train.distributed.DistContext`."""
     import logging
 
-    from liftkit.train.distributed import init_distributed
+    from liftkit.train.distributed import init_distributed, shutdown_distributed
 
     use_cuda = str(args.device).startswith("cuda")
     ctx = init_distributed(use_cuda=use_cuda)
@@ -283,4 +285,7 @@ def join_torchrun(args, log):
         torch.cuda.set_device(torch.device(args.device))  # NCCL collectives use the current device
     if not ctx.is_main:
         log.setLevel(logging.WARNING)
-    return ctx
+    try:
+        yield ctx
+    finally:
+        shutdown_distributed(ctx)
