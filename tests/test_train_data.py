@@ -1,6 +1,7 @@
 """liftkit.train.data: listing, split, screening, the S x S input, augmentations, pair making, the batch plan."""
 
 from __future__ import annotations
+import os
 
 import numpy as np
 import pytest
@@ -81,7 +82,13 @@ def test_listing_digest_changes_with_content(tmp_path):
     d1 = listing_digest([a])
     assert listing_digest([a]) == d1
     _write(a, size=(50, 30))
-    assert listing_digest([a]) != d1
+    d2 = listing_digest([a])
+    assert d2 != d1
+    os.utime(a, (1, 1))  # a fresh copy of the same file (new mtime) keeps its caches and runs
+    assert listing_digest([a]) == d2
+    b = tmp_path / "b.png"
+    b.write_bytes(a.read_bytes())
+    assert listing_digest([b]) != d2  # another path is another listing
 
 
 def test_screen_skips_unreadable_and_too_small(tmp_path):

@@ -107,16 +107,20 @@ def split_train_val(paths: Sequence[Path], val_fraction: float, seed: int) -> Tu
 
 
 def listing_digest(paths: Sequence[Path]) -> str:
-    """sha256 (hex) of the listing: every path with its size and modification time, in order.
+    """sha256 (hex) of the listing: every path with its size and its first 4 KiB, in order.
 
-    Changes when a file is added, removed, renamed or rewritten; used to key caches and to refuse resuming a run on
-    other data.
+    Changes when a file is added, removed, renamed or rewritten (a rewrite that keeps both the size and the first
+    4 KiB -- headers, quantisation tables, the start of the scan -- goes unseen); used to key caches and to refuse
+    resuming a run on other data. Timestamps are left out on purpose: a data set copied anew (same files, new
+    mtimes) keeps its caches and its resumable runs.
     """
     h = hashlib.sha256()
     for p in paths:
         try:
-            st = os.stat(p)
-            h.update(f"{Path(p).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            with open(p, "rb") as f:
+                head = f.read(4096)
+                size = os.fstat(f.fileno()).st_size
+            h.update(f"{Path(p).resolve()}\0{size}\0".encode() + hashlib.sha256(head).digest() + b"\n")
         except OSError:
             h.update(f"{p}\0missing\n".encode())
     return h.hexdigest()
