@@ -107,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--residual", action="store_true",
                    help="residual LiFT: predict a correction to the bilinear 2x upsampling of the features (same "
                         "parameters as the official module; recorded in the LiFT file). Default: the paper's LiFT")
+    m = p.add_argument_group("correspondence term (beyond the paper; liftkit.train.matching)")
+    m.add_argument("--match_weight", type=float, default=_d("match_weight"),
+                   help="weight of an InfoNCE term: LiFT features must find their own cell again in a randomly "
+                        "cropped, scaled, mirrored and colour-jittered copy of the input (one more backbone pass "
+                        "at S/2 per step); default 0 = the paper's objective only")
+    m.add_argument("--match_temp", type=float, default=_d("match_temp"),
+                   help=f"its softmax temperature on cosine (default {_d('match_temp')})")
+    m.add_argument("--match_grid", type=int, default=_d("match_grid"),
+                   help=f"its G x G query points per view (default {_d('match_grid')})")
+    m.add_argument("--match_scale_min", type=float, default=_d("match_scale_min"),
+                   help=f"its copies are sub-boxes of side [this, 1] of the input (default {_d('match_scale_min')})")
+    t.add_argument("--init_lift", default=None, metavar="PATH",
+                   help="start from the weights of this LiFT file (fine-tuning): it must be for the same backbone "
+                        "weights, layer, facet, arch and head")
     t.add_argument("--seed", type=int, default=_d("seed"),
                    help="seed of the init, the split, the data order, the augmentations")
     t.add_argument("--threads", type=int, default=_d("threads"),
@@ -135,7 +149,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, augment=args.augment, hflip=args.hflip,
         random_crop=args.random_crop, val_fraction=0.0 if args.val_root else args.val_fraction, val_root=args.val_root,
         limit=args.limit, cache_dir=args.cache_dir, device=args.device, amp=args.amp, num_workers=args.num_workers,
-        threads=args.threads, resume=args.resume,
+        threads=args.threads, resume=args.resume, init_lift=args.init_lift, match_weight=args.match_weight,
+        match_temp=args.match_temp, match_grid=args.match_grid, match_scale_min=args.match_scale_min,
     )
 
 

@@ -40,6 +40,11 @@ class TrainConfig:
     head_prior: str = "bilinear"  # attend head: prior of its logits
     arch: str = "lift"  # lift | lift_noimage | resize_conv (liftkit.lift.model.ARCHS)
     lr: float = 1e-3
+    init_lift: Optional[str] = None  # start from this LiFT file's weights (fine-tuning); same backbone setup and head
+    match_weight: float = 0.0  # weight of the correspondence term (liftkit.train.matching); 0 = the paper's objective
+    match_temp: float = 0.02  # its softmax temperature (cosine / temp)
+    match_grid: int = 12  # its G x G query points per target view
+    match_scale_min: float = 0.5  # its target views: sub-boxes of side [match_scale_min, 1] of the input
     epochs: int = 10
     batch_size: int = 8
     save_every: int = 100
@@ -63,6 +68,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.output_dir:
             self.output_dir = f"runs/lift_{self.model_type}"
+
+    def recipe_identity(self) -> dict:
+        """The settings beyond the paper's that a resumed run must share (each only when it is not the default, so
+        the identity of runs made before it existed is unchanged)."""
+        out = {}
+        if self.arch != "lift":
+            out["arch"] = self.arch
+        if self.lift_head == "attend":
+            out.update(head=self.lift_head, head_kernel=self.head_kernel, head_prior=self.head_prior)
+        if self.cache_views > 1 or self.scale_min < 1:
+            out.update(cache_views=self.cache_views, scale_min=self.scale_min)
+        if self.match_weight > 0:
+            out["match"] = [self.match_weight, self.match_temp, self.match_grid, self.match_scale_min]
+        if self.init_lift:
+            out["init_lift"] = str(self.init_lift)
+        return out
 
     @property
     def augmentation(self) -> Augment:
@@ -107,6 +128,12 @@ def validate_config(cfg: TrainConfig, world: int = 1) -> None:
         (cfg.epochs >= 1, f"--epochs {cfg.epochs} must be at least 1"),
         (cfg.batch_size >= 1, f"--batch_size {cfg.batch_size} must be at least 1"),
         (cfg.lr > 0, f"--lr {cfg.lr} must be positive"),
+        (cfg.match_weight >= 0, f"--match_weight {cfg.match_weight} must be >= 0 (0 = the paper's objective)"),
+        (0 < cfg.match_temp <= 1, f"--match_temp {cfg.match_temp} must be in (0, 1]"),
+        (2 <= cfg.match_grid <= 64, f"--match_grid {cfg.match_grid} must be in 2..64"),
+        (0.25 <= cfg.match_scale_min <= 1.0, f"--match_scale_min {cfg.match_scale_min} must be in [0.25, 1]"),
+        (cfg.init_lift is None or Path(cfg.init_lift).is_file(),
+         f"--init_lift '{cfg.init_lift}' does not exist; give a LiFT .safetensors file or drop the flag"),
         (cfg.save_every >= 0, f"--save_every {cfg.save_every} must be >= 0 (0 = only at the end of each epoch)"),
         (cfg.seed >= 0, f"--seed {cfg.seed} must be >= 0"),
         (cfg.num_workers >= 0, f"--num_workers {cfg.num_workers} must be >= 0"),

@@ -48,6 +48,7 @@ from liftkit.train.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from liftkit.train import matching
 from liftkit.train.objective import LiftPairs, PairMetrics, TargetMeans, pair_losses, validate_batch
 from liftkit.train.runlog import JsonlLog, NullBar, ProgressFactory, json_safe
 from liftkit.train.sources import (
@@ -191,12 +192,7 @@ class Trainer:
             "facet": ext.facet, "channel_order": ext.channel_order, "patch_size": int(ext.patch_size),
             "channels": int(ext.embed_dim), "imsize": cfg.imsize, "resize": cfg.resize, "downsample": cfg.downsample,
             "loss": cfg.loss, "residual": cfg.lift_head == "residual", "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "augment": cfg.augment, "hflip": cfg.hflip, "random_crop": cfg.random_crop,
-            **({"arch": cfg.arch} if cfg.arch != "lift" else {}),
-            **({"head": cfg.lift_head, "head_kernel": cfg.head_kernel, "head_prior": cfg.head_prior}
-               if cfg.lift_head == "attend" else {}),
-            **({"cache_views": cfg.cache_views, "scale_min": cfg.scale_min}
-               if cfg.cache_views > 1 or cfg.scale_min < 1 else {}),
+            "augment": cfg.augment, "hflip": cfg.hflip, "random_crop": cfg.random_crop, **cfg.recipe_identity(),
             "train_images_digest": summary["train_images_digest"],
         }
 
@@ -237,6 +233,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         lift = LiFT(ext.embed_dim, ext.patch_size, head=cfg.lift_head, kernel=cfg.head_kernel, prior=cfg.head_prior,
                     arch=cfg.arch)
+        if cfg.init_lift:
+            restore.init_from_lift(self, lift)
         pairs: torch.nn.Module = LiftPairs(lift)
         if ctx.enabled:
             pairs = convert_batchnorm(pairs, self.device)
@@ -301,25 +299,28 @@ class Trainer:
             new_errors += errors
             n_local = 0 if targets is None else int(targets["feat_full"].shape[0])
             n_min = int(all_reduce_(torch.tensor([n_local]), ctx, "min")[0]) if ctx.enabled else n_local
-            stats = torch.zeros(4, dtype=torch.float64)
+            stats = torch.zeros(5, dtype=torch.float64)
             if n_min > 0:
+                match = cfg.match_weight and matching.add_views(targets, self.ext, cfg, step, ctx.rank, self.autocast)
                 with self.autocast():
-                    loss, parts = pair_losses(model, targets, cfg.loss, self.centers)
+                    loss, parts = pair_losses(model, targets, cfg.loss, self.centers, match)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 stats = torch.tensor([float(loss.detach()), float(parts["half"].detach()),
-                                      float(parts["quarter"].detach()), n_local],
+                                      float(parts["quarter"].detach()),
+                                      float(parts["match"].detach()) if "match" in parts else 0.0, n_local],
                                      dtype=torch.float64)
             all_reduce_(stats, ctx)
             step += 1
-            seen += int(stats[3])
+            seen += int(stats[4])
             if n_min > 0:
-                mean = (stats[:3] / ctx.world).tolist()
-                sums += torch.tensor(mean, dtype=torch.float64)
+                mean = (stats[:4] / ctx.world).tolist()
+                sums += torch.tensor(mean[:3], dtype=torch.float64)
                 self.log.write("step", epoch=plan.epoch + 1, batch=b + 1, step=step, loss=mean[0], loss_half=mean[1],
-                               loss_quarter=mean[2], images=int(stats[3]))
+                               loss_quarter=mean[2], **({"loss_match": mean[3]} if cfg.match_weight > 0 else {}),
+                               images=int(stats[4]))
                 bar.set_postfix_str(f"loss {mean[0]:.4f}")
             else:
                 self.log.write("step_skipped", epoch=plan.epoch + 1, batch=b + 1, step=step,

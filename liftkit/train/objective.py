@@ -34,6 +34,7 @@ from torch import nn
 from liftkit.errors import ConfigError
 from liftkit.lift.model import LiFT
 from liftkit.train.data import make_pyramid
+from liftkit.train.matching import matching_loss
 
 LOSSES = ("cosine", "cosine_centered", "cosine_raw_centered", "l1", "l2")
 PAIRS = ("half", "quarter")  # half: S/2 -> S; quarter: S/4 -> S/2
@@ -123,33 +124,48 @@ class LiftPairs(nn.Module):
         self.lift = lift
 
     def forward(
-        self, feat_half: torch.Tensor, img_half: torch.Tensor, feat_quarter: torch.Tensor, img_quarter: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self, feat_half: torch.Tensor, img_half: torch.Tensor, feat_quarter: torch.Tensor, img_quarter: torch.Tensor,
+        feat_warp: Optional[torch.Tensor] = None, img_warp: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, ...]:
         """(B, C, S/2p, S/2p), (B, 3, S/2, S/2), (B, C, S/4p, S/4p), (B, 3, S/4, S/4)
-        -> (prediction of feat_full (B, C, S/p, S/p), prediction of feat_half (B, C, S/2p, S/2p))."""
-        return self.lift(feat_half, img_half), self.lift(feat_quarter, img_quarter)
+        -> (prediction of feat_full (B, C, S/p, S/p), prediction of feat_half (B, C, S/2p, S/2p)); with the
+        warped views of the correspondence term (``feat_warp`` (B, C, S/2p, S/2p), ``img_warp`` (B, 3, S/2, S/2))
+        also their LiFT output (B, C, S/p, S/p)."""
+        out = (self.lift(feat_half, img_half), self.lift(feat_quarter, img_quarter))
+        if feat_warp is not None:
+            out = out + (self.lift(feat_warp, img_warp),)
+        return out
 
 
 def pair_losses(
-    model: nn.Module, targets: Targets, kind: str = "cosine", centers: Optional[Dict[str, torch.Tensor]] = None
+    model: nn.Module, targets: Targets, kind: str = "cosine", centers: Optional[Dict[str, torch.Tensor]] = None,
+    match: Optional[Dict[str, object]] = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The training loss of one batch.
 
     Args:
         model: a :class:`LiftPairs` (possibly wrapped by DistributedDataParallel).
-        targets: from :func:`make_targets` (or the feature cache).
+        targets: from :func:`make_targets` (or the feature cache); with the correspondence term also
+            ``feat_warp``, ``img_warp`` and ``warp_theta`` (:mod:`liftkit.train.matching`).
         centers: ``{"full": (1, C, 1, 1), "half": (1, C, 1, 1)}`` mean target features (for ``cosine_centered``).
+        match: the correspondence term's ``weight``, ``temperature``, ``grid`` and ``generator`` (None: off).
     Returns:
-        (loss_half + loss_quarter, {"half": loss_half, "quarter": loss_quarter}), float32 scalars.
+        (loss_half + loss_quarter [+ weight * loss_match], {"half": ..., "quarter": ... [, "match": ...]}),
+        float32 scalars.
     """
-    pred_full, pred_half = model(targets["feat_half"], targets["img_half"], targets["feat_quarter"],
-                                 targets["img_quarter"])
+    warp = (targets["feat_warp"], targets["img_warp"]) if match else ()
+    preds = model(targets["feat_half"], targets["img_half"], targets["feat_quarter"], targets["img_quarter"], *warp)
     centers = centers or {}
     parts = {
-        "half": reconstruction_loss(pred_full, targets["feat_full"], kind, centers.get("full")),
-        "quarter": reconstruction_loss(pred_half, targets["feat_half"], kind, centers.get("half")),
+        "half": reconstruction_loss(preds[0], targets["feat_full"], kind, centers.get("full")),
+        "quarter": reconstruction_loss(preds[1], targets["feat_half"], kind, centers.get("half")),
     }
-    return parts["half"] + parts["quarter"], parts
+    loss = parts["half"] + parts["quarter"]
+    if match:
+        parts["match"] = matching_loss(preds[0], preds[2], targets["warp_theta"], int(match["grid"]),
+                                       float(match["temperature"]), match["generator"])
+        loss = loss + float(match["weight"]) * parts["match"]
+    return loss, parts
 
 
 class PairMetrics:

@@ -64,3 +64,22 @@ def resume(trainer, ckpt_dir: Path, identity: Dict[str, Any], pairs, opt, scaler
     trainer.log.write("resume", checkpoint=str(path), epoch=epoch, batch=batch_in_epoch, step=step)
     say(f"resumed from {path} (epoch {epoch + 1}, batch {batch_in_epoch}, step {step})")
     return epoch, batch_in_epoch, step, extra.get("val", {})
+
+
+def init_from_lift(trainer, lift) -> None:
+    """Load the weights of the LiFT file ``--init_lift`` into ``lift``, after checking that it was trained for this
+    backbone setup (:func:`~liftkit.lift.checkpoint.check_compatible`) with the same arch and head."""
+    from liftkit.errors import ConfigError
+    from liftkit.lift.checkpoint import check_compatible, load_lift
+
+    path, ext = trainer.cfg.init_lift, trainer.ext
+    src, meta = load_lift(Path(path))
+    check_compatible(meta, ext.spec.name, ext.info.weights_sha256, int(ext.layer), ext.facet, ext.channel_order,
+                     int(ext.embed_dim), str(path))
+    ours = (lift.arch, lift.head, lift.kernel if lift.head == "attend" else None)
+    theirs = (src.arch, src.head, src.kernel if src.head == "attend" else None)
+    if ours != theirs:
+        raise ConfigError(f"--init_lift '{path}' is a LiFT with arch/head/kernel {theirs} but this run trains {ours}; "
+                          "pass the same --arch/--head/--head_kernel")
+    lift.load_state_dict(src.state_dict(), strict=True)
+    trainer.say(f"starting from the weights of {path}")
