@@ -158,3 +158,19 @@ def test_patch16_random_backbone_odd_size(tmp_path):
     assert rc == 0
     feats, meta = load_features(tmp_path / "odd.pt")
     assert meta["input_size"] == "96x176" and feats.shape == (384, 6, 11)
+
+
+def test_unwritable_vis_panel_fails_its_image_only(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("astronaut.jpg", "coffee.jpg"):
+        (src / name).write_bytes((ASSETS / name).read_bytes())
+    out = tmp_path / "out"
+    (out / "coffee_vis.png").mkdir(parents=True)  # a folder where the panel should go
+    rc = lift_extractor.main(["--image_path", str(src), "--output_dir", str(out), "--no_lift", "--save_vis",
+                              "--load_size", "56", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: 1 of 2 image(s) failed:" in err
+    assert any("coffee.jpg" in line and "--save_vis" in line and "coffee_vis.png" in line for line in err.splitlines())
+    assert Image.open(out / "astronaut_vis.png").size[0] > 0 and "Traceback" not in err
+    assert not list(out.glob(".lk-*"))  # no temporary file left behind

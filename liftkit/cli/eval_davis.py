@@ -40,7 +40,7 @@ from liftkit.cli import options
 from liftkit.cli.runner import ItemFailures, Run, run_command, run_sweep
 from liftkit.data.davis import DavisSequence, load_davis, write_label_png
 from liftkit.errors import ConfigError, DatasetError, LiftKitError
-from liftkit.io.outputs import os_error_message
+from liftkit.io.outputs import os_error_message, write_text_atomic
 from liftkit.eval.davis_metrics import STAT_KEYS, evaluate_results_dir
 from liftkit.eval.label_propagation import PropagationConfig, iter_propagate_labels
 from liftkit.extractor import ViTExtractor
@@ -243,7 +243,7 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
     if args.output_json:
         path = Path(args.output_json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_json_safe(report), indent=1))
+        write_text_atomic(path, json.dumps(_json_safe(report), indent=1))
         log.info(f"wrote {path}")
     if failures:
         raise ItemFailures(f"{len(failures)} sequence run(s) failed" + (f", {len(skipped)} skipped" if skipped else ""),
@@ -279,7 +279,7 @@ def _propagate_and_score(args, run: Run, plan: Sequence[Method], sequences, repo
         dirs[m.name] = out_root / m.name
         if ctx.is_main:
             _fresh_dir(dirs[m.name], args.overwrite)
-            (dirs[m.name] / MARKER).write_text(json.dumps({"method": m.name, "run": run.info,
+            write_text_atomic(dirs[m.name] / MARKER, json.dumps({"method": m.name, "run": run.info,
                                                            "extractor": ext.describe()}, indent=1))
     barrier(ctx)  # the folders exist before any rank writes masks
     runs: Dict[str, Dict[str, dict]] = {m.name: {} for m in plan}

@@ -41,6 +41,7 @@ from liftkit.memory import Predicted
 from liftkit.methods import Method
 from liftkit.specs import get_spec
 from liftkit.train.distributed import DistContext, gather_objects
+from liftkit.io.outputs import write_text_atomic
 
 COMMAND = "eval_spair"
 MEMORY_FLAGS = {"size": "--imsize (--load_size)", "methods": "the K of liftK/highresK/bilinearK in --methods",
@@ -297,7 +298,7 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
     if json_path:
         out = Path(json_path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, sort_keys=False))
+        write_text_atomic(out, json.dumps(results, indent=1, sort_keys=False))
         log.info(f"wrote {out}")
     if plot_path:
         from liftkit.eval.plots import plot_metric_vs_flops

@@ -41,7 +41,7 @@ from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitErr
 from liftkit.eval.boxes import CORLOC_IOU, best_iou, draw_boxes
 from liftkit.eval.tokencut_tau import auto_tau, parse_tau
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
-from liftkit.io.outputs import os_error_message
+from liftkit.io.outputs import os_error_message, write_text_atomic
 from liftkit.memory import eigen_tensors
 from liftkit.train.distributed import gather_objects
 
@@ -253,10 +253,9 @@ def _evaluate(args, run: Run, ctx) -> Optional[int]:
             "failures": [{"item": a, "reason": b} for a, b in failures],
         }
         try:
-            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_path).write_text(json.dumps(out, indent=1))
-        except OSError as exc:
-            failures.append(("--output_json", f"cannot write '{json_path}' ({exc})"))
+            write_text_atomic(json_path, json.dumps(out, indent=1), "--output_json")
+        except LiftKitError as exc:
+            failures.append(("--output_json", str(exc)))
         else:
             log.info(f"wrote {json_path}")
     if failures:

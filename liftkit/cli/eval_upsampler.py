@@ -52,6 +52,7 @@ from liftkit.eval.upsampler_report import jsonable, render
 from liftkit.eval.upsamplers import Row, check_unique, parse_lift_paths, row_features
 from liftkit.specs import get_spec
 from liftkit.train.data import find_images, screen_images, split_train_val
+from liftkit.io.outputs import write_text_atomic
 
 COMMAND = "eval_upsampler"
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -380,8 +381,8 @@ def _run(args, run: Run) -> None:
             res["seconds"][probe] = round(time.perf_counter() - t0, 1)
             log.info(f"{probe}: {res['seconds'][probe]} s")
     text = render(res)
-    (args.output_dir / "results.json").write_text(json.dumps(jsonable(res), indent=1))
-    (args.output_dir / "results.md").write_text(text)
+    write_text_atomic(args.output_dir / "results.json", json.dumps(jsonable(res), indent=1))
+    write_text_atomic(args.output_dir / "results.md", text)
     print(text)
     log.info(f"wrote {args.output_dir / 'results.json'} and results.md")
     if errors:

@@ -26,7 +26,7 @@ from liftkit.methods import Method
 from liftkit.data.transforms import official_normalisation
 from liftkit.io.feature_files import save_features
 from liftkit.io.feature_store import ShardWriter
-from liftkit.io.outputs import check_output_file
+from liftkit.io.outputs import atomic_write, check_output_file
 
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -213,7 +213,10 @@ def extract_shard(ext, jobs: List[Job], args, plan: List[str], out_name: str, ba
             tensors.append(out[i] if save_dtype == torch.float32 else out[i].to(save_dtype))
             metas.append(meta)
             if args.save_vis and j.out is not None:
-                _save_vis(j.out, item["image"], low[i], out[i], args)
+                try:  # a panel that cannot be written fails its image only; the run goes on
+                    _save_vis(j.out, item["image"], low[i], out[i], args)
+                except LiftKitError as exc:
+                    fail(j, f"{j.path}: --save_vis: {exc}")
         writer.submit(saver.saver(jobs_b, tensors, metas) if saver else _file_saver(jobs_b, tensors, metas,
                                                                                       args.format))
         bar.update(len(batch))
@@ -271,4 +274,6 @@ def _save_vis(out: Path, image, low: torch.Tensor, feat: torch.Tensor, args) -> 
     label = "none" if args.no_lift else (args.upsample or "lift")
     title = {"none": "backbone", "lift": f"LiFT x{args.lift_iter}"}.get(label, label)
     maps, titles = ([low], ["backbone"]) if args.no_lift else ([low, feat], ["backbone", title])
-    save_pca_panel(out.with_name(out.stem + "_vis.png"), image, maps, titles)
+    path = out.with_name(out.stem + "_vis.png")
+    with atomic_write(path, "--save_vis") as tmp:
+        save_pca_panel(tmp, image, maps, titles)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 from liftkit import __version__
 from liftkit.device import resolve_device
 from liftkit.errors import LiftKitError, failure_report
-from liftkit.io.outputs import check_output_dir, check_output_file, os_error_message
+from liftkit.io.outputs import check_output_dir, check_output_file, os_error_message, write_text_atomic
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOGGER = "liftkit"
@@ -220,7 +220,7 @@ def run_sweep(args: argparse.Namespace, run: Run, body: Callable[[argparse.Names
     if getattr(args, "output_json", None):
         out = Path(args.output_json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"run": run.info, "metric": metric_name, "sweep": {str(s): r for s, r in rows.items()}},
+        write_text_atomic(out, json.dumps({"run": run.info, "metric": metric_name, "sweep": {str(s): r for s, r in rows.items()}},
                                   indent=1))
         run.log.info(f"wrote {out}")
     if failures:

@@ -35,7 +35,7 @@ from liftkit.cli.runner import ItemFailures, Run, run_command
 from liftkit.data.image_io import list_images
 from liftkit.errors import ConfigError, LiftKitError
 from liftkit.extractor import ViTExtractor
-from liftkit.io.outputs import os_error_message
+from liftkit.io.outputs import atomic_write, os_error_message, write_text_atomic
 from liftkit.methods import Method
 
 COMMAND = "eval_visualize_feats"
@@ -116,8 +116,8 @@ def save_similarity_figure(path: Path, image, maps: Dict[str, torch.Tensor], poi
     for ax in axes.ravel():
         ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=90, format=path.suffix[1:] or "png")
     plt.close(fig)
     return path
 
@@ -218,8 +218,8 @@ def save_cka_figure(path: Path, cka: Dict[str, Dict[str, Dict[str, float]]]) -> 
         ax.set_ylabel("source scale (px)")
         ax.set_title(f"CKA: {m}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix[1:] or "png")
     plt.close(fig)
     return path
 
@@ -284,7 +284,7 @@ def _run(args, run: Run) -> None:
     if not args.no_cka and loaded:
         cka = cka_scale_invariance(ext, loaded, scales)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "cka.json").write_text(json.dumps({"run": run.info, "images": len(loaded), "scales": scales,
+        write_text_atomic(out_dir / "cka.json", json.dumps({"run": run.info, "images": len(loaded), "scales": scales,
                                                       "cka": cka}, indent=1))
         save_cka_figure(out_dir / "cka.png", cka)
         for m, table in cka.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
+from liftkit.io.outputs import atomic_write
 
 FAMILY_STYLE = {
     "low": ("tab:gray", "o"),
@@ -84,7 +85,7 @@ def plot_metric_vs_flops(
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:] or "png")
     plt.close(fig)
     return path

@@ -144,3 +144,10 @@ def atomic_write(path, flag: str = "output") -> Iterator[Path]:
         raise
     finally:
         _remove(tmp)
+
+
+def write_text_atomic(path, text: str, flag: str = "output") -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_write` (a reader never sees half a report)."""
+    with atomic_write(path, flag) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
