@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "multiply-accumulates of module calls, see liftkit/eval/flops.py), or both")
     e.add_argument("--subpixel", action="store_true",
                    help="read source features at the exact keypoint position (official: the integer pixel)")
+    options.add_protocol_arg(p.add_argument_group("protocol"), "the official eval_spair.py: pairs sampled with "
+                             "replacement, the official normalisation, only the LiFT features with --lift_path "
+                             "(--methods lift), else only the backbone's (--lift_path none --methods low)")
     options.add_output_args(p, None, "folder for spair.json and pck_vs_flops.png (when --output_json / --plot are "
                             "not given)", "write every number (per method and category) here")
     p.add_argument_group("output").add_argument("--plot", default=None,
@@ -193,10 +196,17 @@ def format_tables(results: dict) -> str:
     return "\n".join(lines)
 
 
+def official_settings(args) -> dict:
+    """``--protocol official``: the settings of the official eval_spair.py where ours differ (see
+    docs/reproducing.md); not re-normalised after upsampling and the integer source pixel are our defaults too."""
+    return {"sample_with_replacement": True, "renorm_after_upsample": False, "subpixel": False, "resize_mode": "pad",
+            **options.official_methods(args)}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
-        args, run, _run, lambda res: {m: r["pck"]["mean_over_categories"].get("pck@0.1")
-                                      for m, r in res["methods"].items()}, "PCK@0.1"))
+        options.with_protocol(args, official_settings, run.log), run, _run,
+        lambda res: {m: r["pck"]["mean_over_categories"].get("pck@0.1") for m, r in res["methods"].items()}, "PCK@0.1"))
 
 
 def _check_args(args) -> Tuple[Method, ...]:
@@ -263,6 +273,7 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
             "imsize": args.load_size, "resize": "long side to imsize (Lanczos), zero-padded to a centred square",
             "features": "L2-normalised, bilinear upsampling to imsize x imsize",
             "renorm_after_upsample": args.renorm_after_upsample, "subpixel": args.subpixel,
+            "sample_with_replacement": args.sample_with_replacement, "protocol": args.protocol,
             "matching": "nearest neighbour (cosine) among all target pixels",
             "threshold": "alpha * max(h, w) of the target box in the padded frame; correct if distance < threshold",
         },
