@@ -220,7 +220,7 @@ def _json_safe(obj):
 
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
-        options.with_protocol(args, official_settings, run.log), run, _run, lambda res: {m: r["global"]["J&F-Mean"] for m, r in res.items()}, "J&F-Mean"))
+        options.with_protocol(args, official_settings, run), run, _run, lambda res: {m: r["global"]["J&F-Mean"] for m, r in res.items()}, "J&F-Mean"))
 
 
 def _run(args, run: Run) -> Optional[int]:

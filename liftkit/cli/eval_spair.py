@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("evaluation")
     e.add_argument("--renorm_after_upsample", action="store_true",
                    help="re-normalise features after upsampling (exact cosine; off in the official protocol)")
+    e.add_argument("--alphas", type=_alphas, default=DEFAULT_ALPHAS, metavar="A,A,...",
+                   help="PCK thresholds, fractions of the target box size (default "
+                        f"{','.join(map(str, DEFAULT_ALPHAS))}; the official script reports 0.1,0.05,0.01)")
     e.add_argument("--flops", choices=("true", "paper", "both"), default="true",
                    help="cost column(s) of the table: true (torch.utils.flop_counter, 2 per multiply-add, attention included; "
                         "default), paper (the LiFT paper's convention: backbone full forward + facet qkv + LiFT, "
@@ -83,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                 help="write the PCK@0.1-vs-GFLOPs plot (PNG) here")
     options.add_runtime_args(p)
     return p
+
+
+def _alphas(text: str) -> Tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of numbers") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}': thresholds must be in (0, 1]")
+    if 0.1 not in values:
+        raise argparse.ArgumentTypeError(f"'{text}': must include 0.1 (the tables and the plot report PCK@0.1)")
+    return values
 
 
 class FeatureCache:
@@ -147,10 +162,10 @@ def evaluate(pairs: List[SpairPair], cache: FeatureCache, args, progress: bool,
         for m in cache.methods:
             pred = match_keypoints(src_feats[m], trg_feats[m], src_pts, args.load_size,
                                    renorm_after_upsample=args.renorm_after_upsample, subpixel=args.subpixel)
-            correct[m] = pck_correct(pred, gt, thr, DEFAULT_ALPHAS)
+            correct[m] = pck_correct(pred, gt, thr, args.alphas)
         rows.append((i, pair.category, correct))
     parts = gather_objects((rows, skip_rows, cache.seconds, cache.calls, cache.shapes), ctx)
-    acc = {m: PCKAccumulator(DEFAULT_ALPHAS) for m in cache.methods}
+    acc = {m: PCKAccumulator(args.alphas) for m in cache.methods}
     for _, category, correct in sorted((r for p in parts for r in p[0]), key=lambda r: r[0]):
         for m in cache.methods:
             acc[m].add(category, correct[m])
@@ -200,12 +215,12 @@ def official_settings(args) -> dict:
     """``--protocol official``: the settings of the official eval_spair.py where ours differ (see
     docs/reproducing.md); not re-normalised after upsampling and the integer source pixel are our defaults too."""
     return {"sample_with_replacement": True, "renorm_after_upsample": False, "subpixel": False, "resize_mode": "pad",
-            **options.official_methods(args)}
+            "alphas": (0.1, 0.05, 0.01), **options.official_methods(args)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
-        options.with_protocol(args, official_settings, run.log), run, _run,
+        options.with_protocol(args, official_settings, run), run, _run,
         lambda res: {m: r["pck"]["mean_over_categories"].get("pck@0.1") for m, r in res["methods"].items()}, "PCK@0.1"))
 
 
@@ -267,7 +282,7 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
     results = {
         "task": "spair71k_keypoint_correspondence",
         "run": run.info,
-        "alphas": list(DEFAULT_ALPHAS),
+        "alphas": list(args.alphas),
         "flops": args.flops,
         "protocol": {
             "imsize": args.load_size, "resize": "long side to imsize (Lanczos), zero-padded to a centred square",

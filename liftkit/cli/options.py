@@ -193,11 +193,14 @@ def apply_protocol(args, official: dict, log=None) -> dict:
     return changed
 
 
-def with_protocol(args, official_settings, log=None):
+def with_protocol(args, official_settings, run):
     """``args`` after :func:`apply_protocol` with ``official_settings(args)`` (a callable: it may read the explicit
-    flags); for the ``run_command`` bodies."""
+    flags), the run's recorded arguments updated; for the ``run_command`` bodies."""
     if getattr(args, "protocol", "ours") == "official":
-        apply_protocol(args, official_settings(args), log)
+        from liftkit.cli.runner import resolved_args
+
+        apply_protocol(args, official_settings(args), run.log)
+        run.info["args"] = resolved_args(args)
     return args
 
 
