@@ -12,13 +12,16 @@ import torch
 from liftkit.cli import options
 from liftkit.eval.label_propagation import soft_to_labels
 
-CASES = {  # command -> (settings under --protocol official alone, with the official LiFT flag)
+CASES = {  # command -> settings under --protocol official (besides --lift_path / --methods)
     "eval_spair": {"sample_with_replacement": True, "alphas": (0.1, 0.05, 0.01), "resize_mode": "pad",
                    "load_size": 224},
     "eval_davis": {"load_size": 224, "resize_mode": "square", "label_upsample": "patch",
                    "neighborhood_scaling": "cells"},
+    "eval_tokencut": {"load_size": 224, "resize_mode": "square", "resize_filter": "bilinear", "box_frame": "input",
+                      "tau": "0.2", "solver": "dense"},
 }
-DATA = {"eval_spair": ["--dataroot", "/data/SPair-71k"], "eval_davis": ["--dataroot", "/data/DAVIS"]}
+DATA = {"eval_spair": ["--dataroot", "/data/SPair-71k"], "eval_davis": ["--dataroot", "/data/DAVIS"],
+        "eval_tokencut": ["--dataroot", "/data", "--dataset", "VOC07"]}
 
 
 def _parse(command: str, argv, caplog=None):
@@ -95,3 +98,16 @@ def test_label_upsample_by_the_patch_size_as_official():
     assert got.shape == (448, 448) and (got == want).all()
     ours = soft_to_labels(soft, (224, 224), (448, 448))  # to the frame, then nearest to 448: not the same
     assert ours.shape == (448, 448) and (ours != got).any()
+
+
+def test_official_ground_truth_in_the_input_frame():
+    """LOST / TokenCut with a fixed input size: boxes scaled to the input, then truncated (not rounded)."""
+    import numpy as np
+
+    from liftkit.eval.boxes import boxes_to_input_frame
+
+    gt = np.array([[47.0, 239.0, 195.0, 371.0], [7.0, 10.0, 352.0, 499.0]])  # VOC 000001 (x1 - 1, y1 - 1, x2, y2)
+    got = boxes_to_input_frame(gt, (500, 353), (224, 224))
+    want = [[int(47 * 224 / 353), int(239 * 224 / 500), int(195 * 224 / 353), int(371 * 224 / 500)],
+            [int(7 * 224 / 353), int(10 * 224 / 500), int(352 * 224 / 353), int(499 * 224 / 500)]]
+    assert got.tolist() == want and got[1, 2] == 223.0  # 223.37 truncated

@@ -287,13 +287,17 @@ def make_extractor(args, plan: Sequence[Method] = (), use_lift: bool = True,
 
 def _official_normalisation(ext: ViTExtractor, model_type: str) -> None:
     """The official scripts' mean/std (ImageNet's for ``dino*`` names, 0.5 otherwise) in the extractor's spec."""
-    import dataclasses
-
     from liftkit.data.transforms import official_normalisation
 
-    mean, std = official_normalisation(model_type)
-    if (tuple(ext.spec.mean), tuple(ext.spec.std)) != (mean, std):
-        ext.model.spec = dataclasses.replace(ext.spec, mean=mean, std=std)
+    set_normalisation(ext, *official_normalisation(model_type))
+
+
+def set_normalisation(ext: ViTExtractor, mean, std) -> None:
+    """Make ``ext`` normalise its inputs with ``mean``/``std`` (``--protocol official``)."""
+    import dataclasses
+
+    if (tuple(ext.spec.mean), tuple(ext.spec.std)) != (tuple(mean), tuple(std)):
+        ext.model.spec = dataclasses.replace(ext.spec, mean=tuple(mean), std=tuple(std))
 
 
 def describe_extractor(ext: ViTExtractor) -> str:
