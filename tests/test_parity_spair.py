@@ -128,6 +128,9 @@ def test_spair_predictions_and_pck_match_official(weights, tmp_path, monkeypatch
     got, res = _ours(tmp_path, dino_weights, lift_file, monkeypatch)
     method = "lift" if with_lift else "low"
     assert list(res["methods"]) == [method]  # the official script evaluates only these features
+    # the recorded arguments are those after --protocol official
+    assert res["run"]["args"]["methods"] == method and res["run"]["args"]["sample_with_replacement"] is True
+    assert res["alphas"] == [0.1, 0.05, 0.01]
     assert res["methods"][method]["feature_shape"][1:] == ([28, 28] if with_lift else [14, 14])
     assert set(got) == set(want) and sum(len(v[0]) for v in want.values()) == 86
     # Bilinear upsampling makes exact ties (pixels equidistant from two grid centres; the clamped border columns and

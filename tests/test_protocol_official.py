@@ -13,13 +13,13 @@ from liftkit.cli import options
 from liftkit.eval.label_propagation import soft_to_labels
 
 CASES = {  # command -> settings under --protocol official (besides --lift_path / --methods)
-    "eval_spair": {"sample_with_replacement": True, "alphas": (0.1, 0.05, 0.01), "resize_mode": "pad",
+    "eval_spair": {"pairs_per_category": 100, "sample_with_replacement": True, "alphas": (0.1, 0.05, 0.01), "resize_mode": "pad",
                    "load_size": 224},
     "eval_davis": {"load_size": 224, "resize_mode": "square", "label_upsample": "patch",
                    "neighborhood_scaling": "cells"},
     "visualize": {"load_size": 224, "resize_mode": "square", "lift_iter": 4, "limit": 20, "no_cka": True},
     "eval_tokencut": {"load_size": 224, "resize_mode": "square", "resize_filter": "bilinear", "box_frame": "input",
-                      "tau": "0.2", "solver": "dense"},
+                      "tau": "0.2", "solver": "dense", "set": "train"},
 }
 DATA = {"eval_spair": ["--dataroot", "/data/SPair-71k"], "eval_davis": ["--dataroot", "/data/DAVIS"],
         "eval_tokencut": ["--dataroot", "/data", "--dataset", "VOC07"], "visualize": ["--dataroot", "/data/val"]}

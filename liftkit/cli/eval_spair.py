@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "multiply-accumulates of module calls, see liftkit/eval/flops.py), or both")
     e.add_argument("--subpixel", action="store_true",
                    help="read source features at the exact keypoint position (official: the integer pixel)")
-    options.add_protocol_arg(p.add_argument_group("protocol"), "the official eval_spair.py: pairs sampled with "
-                             "replacement, the official normalisation, only the LiFT features with --lift_path "
+    options.add_protocol_arg(p.add_argument_group("protocol"), "the official eval_spair.py: 100 pairs per "
+                             "category sampled with replacement, PCK@0.1/0.05/0.01, the official normalisation, only the LiFT features with --lift_path "
                              "(--methods lift), else only the backbone's (--lift_path none --methods low)")
     options.add_output_args(p, None, "folder for spair.json and pck_vs_flops.png (when --output_json / --plot are "
                             "not given)", "write every number (per method and category) here")
@@ -214,7 +214,7 @@ def format_tables(results: dict) -> str:
 def official_settings(args) -> dict:
     """``--protocol official``: the settings of the official eval_spair.py where ours differ (see
     docs/reproducing.md); not re-normalised after upsampling and the integer source pixel are our defaults too."""
-    return {"sample_with_replacement": True, "renorm_after_upsample": False, "subpixel": False, "resize_mode": "pad",
+    return {"pairs_per_category": 100, "sample_with_replacement": True, "renorm_after_upsample": False, "subpixel": False, "resize_mode": "pad",
             "alphas": (0.1, 0.05, 0.01), **options.official_methods(args)}
 
 

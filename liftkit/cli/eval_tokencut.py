@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame of the box and the IoU: image (default, exact ground truth) or input (the official "
                         "one: the resized input, ground truth scaled to it and truncated to integers)")
     options.add_protocol_arg(p.add_argument_group("protocol"), "the official eval_obj_disc.py: 224 x 224 inputs "
-                             "(--imsize 224) resized bilinearly, ImageNet normalisation, --tau 0.2 unless given, "
+                             "(--imsize 224) resized bilinearly, ImageNet normalisation, --tau 0.2 and --set train unless given, "
                              "--box_frame input, the dense solver, only the LiFT features with --lift_path "
                              "(--methods lift), else only the backbone's (--lift_path none --methods low)")
     options.add_output_args(p, None, "folder for tokencut.json (when --output_json is not given)",
@@ -181,7 +181,7 @@ def _fmt_box(b) -> List[float]:
 def official_settings(args) -> dict:
     """``--protocol official``: the official eval_obj_disc.py settings where ours differ (docs/reproducing.md)."""
     return {"load_size": 224, "resize_mode": "square", "resize_filter": "bilinear", "box_frame": "input",
-            "tau": "0.2", "solver": "dense", **options.official_methods(args)}
+            "tau": "0.2", "solver": "dense", "set": "train", **options.official_methods(args)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
