@@ -5,7 +5,9 @@ LiFT: the same mask pixels. Then J&F of our evaluator (liftkit/eval/davis_metric
 davis2017-evaluation code on the same masks, to 1e-6.
 
 The official ``run_video_segmentation`` runs unmodified on CPU (tests/official_ref.py); its palette download is
-replaced by a local palette (the masks are compared by label index, not colour).
+replaced by a local palette (the masks are compared by label index, not colour). The official evaluator's script
+``evaluation_method.py`` needs pandas (not installed here) only to write its CSV tables: its ``DAVISEvaluation`` is
+called directly and the global figures are computed from it as ``evaluation_method.py`` does.
 """
 
 from __future__ import annotations
