@@ -83,10 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "grid, i.e. x2 on a 2x grid")
     g.add_argument("--topk", type=int, default=5)
     g.add_argument("--temperature", type=float, default=0.1)
+    g.add_argument("--label_upsample", choices=("frame", "patch"), default="frame",
+                   help="soft labels before the argmax: frame: upsampled to the input frame (default); patch: by the "
+                        "patch size whatever the grid (official: twice the frame size on a LiFT grid)")
     options.add_size_args(p, 480, ("short", "square"), imsize_square=True, help="frame size: short side (short) or square side (square), "
                           "sides rounded to patch multiples (default 480)", davis_aliases=True, sweep=True)
+    options.add_protocol_arg(p.add_argument_group("protocol"), "the official eval_davis.py: 224 x 224 frames "
+                             "(--imsize 224), the official normalisation, --label_upsample patch, a 12-cell window on "
+                             "every grid, only the LiFT features with --lift_path (--methods lift), else only the "
+                             "backbone's (--lift_path none --methods low)")
     options.add_runtime_args(p)
     return p
+
+
+def official_settings(args) -> dict:
+    """``--protocol official``: the official eval_davis.py settings where ours differ (docs/reproducing.md)."""
+    return {"load_size": 224, "resize_mode": "square", "label_upsample": "patch", "neighborhood_scaling": "cells",
+            **options.official_methods(args)}
 
 
 def _split(values: Optional[Sequence[str]]) -> List[str]:
@@ -207,7 +220,7 @@ def _json_safe(obj):
 
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
-        args, run, _run, lambda res: {m: r["global"]["J&F-Mean"] for m, r in res.items()}, "J&F-Mean"))
+        options.with_protocol(args, official_settings, run), run, _run, lambda res: {m: r["global"]["J&F-Mean"] for m, r in res.items()}, "J&F-Mean"))
 
 
 def _run(args, run: Run) -> Optional[int]:
@@ -275,7 +288,8 @@ def _propagate_and_score(args, run: Run, plan: Sequence[Method], sequences, repo
         scale = 1.0 if (m.kind == "low" or args.neighborhood_scaling == "cells") else float(m.scale)
         cfgs[m.name] = PropagationConfig(n_last_frames=args.n_last_frames,
                                          size_mask_neighborhood=args.size_mask_neighborhood,
-                                         neighborhood_scale=scale, topk=args.topk, temperature=args.temperature)
+                                         neighborhood_scale=scale, topk=args.topk, temperature=args.temperature,
+                                         label_upsample=ext.patch_size if args.label_upsample == "patch" else None)
         dirs[m.name] = out_root / m.name
         if ctx.is_main:
             _fresh_dir(dirs[m.name], args.overwrite)

@@ -69,18 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("evaluation")
     e.add_argument("--renorm_after_upsample", action="store_true",
                    help="re-normalise features after upsampling (exact cosine; off in the official protocol)")
+    e.add_argument("--alphas", type=_alphas, default=DEFAULT_ALPHAS, metavar="A,A,...",
+                   help="PCK thresholds, fractions of the target box size (default "
+                        f"{','.join(map(str, DEFAULT_ALPHAS))}; the official script reports 0.1,0.05,0.01)")
     e.add_argument("--flops", choices=("true", "paper", "both"), default="true",
                    help="cost column(s) of the table: true (torch.utils.flop_counter, 2 per multiply-add, attention included; "
                         "default), paper (the LiFT paper's convention: backbone full forward + facet qkv + LiFT, "
                         "multiply-accumulates of module calls, see liftkit/eval/flops.py), or both")
     e.add_argument("--subpixel", action="store_true",
                    help="read source features at the exact keypoint position (official: the integer pixel)")
+    options.add_protocol_arg(p.add_argument_group("protocol"), "the official eval_spair.py: 100 pairs per "
+                             "category sampled with replacement, PCK@0.1/0.05/0.01, the official normalisation, only the LiFT features with --lift_path "
+                             "(--methods lift), else only the backbone's (--lift_path none --methods low)")
     options.add_output_args(p, None, "folder for spair.json and pck_vs_flops.png (when --output_json / --plot are "
                             "not given)", "write every number (per method and category) here")
     p.add_argument_group("output").add_argument("--plot", default=None,
                                                 help="write the PCK@0.1-vs-GFLOPs plot (PNG) here")
     options.add_runtime_args(p)
     return p
+
+
+def _alphas(text: str) -> Tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of numbers") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}': thresholds must be in (0, 1]")
+    if 0.1 not in values:
+        raise argparse.ArgumentTypeError(f"'{text}': must include 0.1 (the tables and the plot report PCK@0.1)")
+    return values
 
 
 class FeatureCache:
@@ -145,10 +163,10 @@ def evaluate(pairs: List[SpairPair], cache: FeatureCache, args, progress: bool,
         for m in cache.methods:
             pred = match_keypoints(src_feats[m], trg_feats[m], src_pts, args.load_size,
                                    renorm_after_upsample=args.renorm_after_upsample, subpixel=args.subpixel)
-            correct[m] = pck_correct(pred, gt, thr, DEFAULT_ALPHAS)
+            correct[m] = pck_correct(pred, gt, thr, args.alphas)
         rows.append((i, pair.category, correct))
     parts = gather_objects((rows, skip_rows, cache.seconds, cache.calls, cache.shapes), ctx)
-    acc = {m: PCKAccumulator(DEFAULT_ALPHAS) for m in cache.methods}
+    acc = {m: PCKAccumulator(args.alphas) for m in cache.methods}
     for _, category, correct in sorted((r for p in parts for r in p[0]), key=lambda r: r[0]):
         for m in cache.methods:
             acc[m].add(category, correct[m])
@@ -194,10 +212,17 @@ def format_tables(results: dict) -> str:
     return "\n".join(lines)
 
 
+def official_settings(args) -> dict:
+    """``--protocol official``: the settings of the official eval_spair.py where ours differ (see
+    docs/reproducing.md); not re-normalised after upsampling and the integer source pixel are our defaults too."""
+    return {"pairs_per_category": 100, "sample_with_replacement": True, "renorm_after_upsample": False, "subpixel": False, "resize_mode": "pad",
+            "alphas": (0.1, 0.05, 0.01), **options.official_methods(args)}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
-        args, run, _run, lambda res: {m: r["pck"]["mean_over_categories"].get("pck@0.1")
-                                      for m, r in res["methods"].items()}, "PCK@0.1"))
+        options.with_protocol(args, official_settings, run), run, _run,
+        lambda res: {m: r["pck"]["mean_over_categories"].get("pck@0.1") for m, r in res["methods"].items()}, "PCK@0.1"))
 
 
 def _check_args(args) -> Tuple[Method, ...]:
@@ -258,12 +283,13 @@ def _evaluate(args, run: Run, ctx: DistContext) -> Optional[int]:
     results = {
         "task": "spair71k_keypoint_correspondence",
         "run": run.info,
-        "alphas": list(DEFAULT_ALPHAS),
+        "alphas": list(args.alphas),
         "flops": args.flops,
         "protocol": {
             "imsize": args.load_size, "resize": "long side to imsize (Lanczos), zero-padded to a centred square",
             "features": "L2-normalised, bilinear upsampling to imsize x imsize",
             "renorm_after_upsample": args.renorm_after_upsample, "subpixel": args.subpixel,
+            "sample_with_replacement": args.sample_with_replacement, "protocol": args.protocol,
             "matching": "nearest neighbour (cosine) among all target pixels",
             "threshold": "alpha * max(h, w) of the target box in the padded frame; correct if distance < threshold",
         },

@@ -38,7 +38,7 @@ from liftkit.data.image_io import list_images, load_image
 from liftkit.data.loader import shard
 from liftkit.data.voc import load_voc
 from liftkit.errors import ConfigError, DatasetError, ImageLoadError, LiftKitError
-from liftkit.eval.boxes import CORLOC_IOU, best_iou, draw_boxes
+from liftkit.eval.boxes import CORLOC_IOU, best_iou, boxes_to_input_frame, draw_boxes
 from liftkit.eval.tokencut_tau import auto_tau, parse_tau
 from liftkit.eval.tokencut import DEFAULT_EPS, SOLVERS, tokencut
 from liftkit.io.outputs import os_error_message, write_text_atomic
@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alias of --facet (k: key, q: query, v: value)")
     g.add_argument("--solver", default="auto", choices=SOLVERS,
                    help="dense: scipy eigh (reference); sparse: matrix-free Lanczos; auto: by grid size")
+    g.add_argument("--resize_filter", choices=("bicubic", "bilinear"), default="bicubic",
+                   help="resampling of --load_size (default bicubic; official TokenCut datasets.py: bilinear)")
+    g.add_argument("--box_frame", choices=("image", "input"), default="image",
+                   help="frame of the box and the IoU: image (default, exact ground truth) or input (the official "
+                        "one: the resized input, ground truth scaled to it and truncated to integers)")
+    options.add_protocol_arg(p.add_argument_group("protocol"), "the official eval_obj_disc.py: 224 x 224 inputs "
+                             "(--imsize 224) resized bilinearly, ImageNet normalisation, --tau 0.2 and --set train unless given, "
+                             "--box_frame input, the dense solver, only the LiFT features with --lift_path "
+                             "(--methods lift), else only the backbone's (--lift_path none --methods low)")
     options.add_output_args(p, None, "folder for tokencut.json (when --output_json is not given)",
                             "write every box and figure here")
     p.add_argument_group("output").add_argument("--save_vis", type=Path, default=None,
@@ -169,9 +178,15 @@ def _fmt_box(b) -> List[float]:
     return [round(float(v), 3) for v in b]
 
 
+def official_settings(args) -> dict:
+    """``--protocol official``: the official eval_obj_disc.py settings where ours differ (docs/reproducing.md)."""
+    return {"load_size": 224, "resize_mode": "square", "resize_filter": "bilinear", "box_frame": "input",
+            "tau": "0.2", "solver": "dense", "set": "train", **options.official_methods(args)}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command(COMMAND, build_parser(), argv, lambda args, run: run_sweep(
-        args, run, _run, lambda res: {m: r["corloc"] for m, r in res.items()}, "CorLoc"))
+        options.with_protocol(args, official_settings, run), run, _run, lambda res: {m: r["corloc"] for m, r in res.items()}, "CorLoc"))
 
 
 def _run(args, run: Run) -> Optional[int]:
@@ -199,6 +214,8 @@ def _evaluate(args, run: Run, ctx) -> Optional[int]:
         raise DatasetError(f"no usable image in {args.dataset} at '{args.data_root}' "
                            f"({len(dataset.skipped)} skipped)")
     ext = options.make_extractor(args, plan)
+    if args.protocol == "official":  # TokenCut's datasets.py normalises with ImageNet's statistics for every model
+        options.set_normalisation(ext, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     log.info(options.describe_extractor(ext))
     if args.load_size:  # the smallest input these flags allow must fit (exit 2)
         side = options.min_input_side(args.load_size, ext.patch_size)
@@ -271,11 +288,15 @@ def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau
     """Features of every method from one backbone pass, TokenCut on each grid; (record, progress-line parts)."""
     w, h = pil.size
     size_hw = ext.target_size((w, h), args.load_size, args.resize_mode)
-    x = ext.preprocess(pil, size=size_hw)
+    resized = pil if pil.size == tuple(size_hw[::-1]) else pil.resize(
+        tuple(size_hw[::-1]), Image.BILINEAR if args.resize_filter == "bilinear" else Image.BICUBIC)
+    x = ext.preprocess(resized, size=size_hw)
+    frame_hw, gt = ((h, w), item.boxes) if args.box_frame == "image" else (
+        size_hw, boxes_to_input_frame(item.boxes, (h, w), size_hw) if has_gt else None)
     rec: Dict = {"name": item.name, "image_path": str(item.image_path), "width": w, "height": h,
-                 "input_hw": list(size_hw), "results": {}}
+                 "input_hw": list(size_hw), "box_frame": args.box_frame, "results": {}}
     if has_gt:
-        rec["gt_boxes"] = [_fmt_box(b) for b in item.boxes]
+        rec["gt_boxes"] = [_fmt_box(b) for b in gt]  # in the --box_frame of the boxes below
         rec["gt_labels"] = list(item.labels)
     line = []
     timings: Dict[str, float] = {}
@@ -296,7 +317,7 @@ def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau
             # pixels of the original image per grid cell (the effective patch size of this grid)
             res.update(feature_s=round(timings[method], 4), grid_hw=[gh, gw],
                        cell_px=[round(h / gh, 4), round(w / gw, 4)])
-            tc = tokencut(f, (h, w), tau=tau, eps=args.eps, solver=args.solver, weighted=args.no_binary_graph)
+            tc = tokencut(f, frame_hw, tau=tau, eps=args.eps, solver=args.solver, weighted=args.no_binary_graph)
         except LiftKitError as exc:
             failures.append((f"{item.name} [{method}]", str(exc)))
             res.update(error=str(exc), box=None, iou=None, correct=False if has_gt else None,
@@ -305,7 +326,7 @@ def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau
             line.append(f"{method}: failed")
             continue
         t2 = time.perf_counter()
-        iou = best_iou(tc.box, item.boxes) if has_gt else None
+        iou = best_iou(tc.box, gt) if has_gt else None
         res.update(box=_fmt_box(tc.box), box_grid=list(tc.box_grid), seed=list(tc.seed),
                    eigenvalue=tc.eigenvalue, density=round(tc.density, 4), solver=tc.solver,
                    iou=None if iou is None else round(iou, 4),
@@ -318,7 +339,7 @@ def _evaluate_image(ext, plan, item: AnnotatedImage, pil: Image.Image, args, tau
             safe = item.name.replace("/", "_")
             target = args.save_vis / f"{safe}_{method}.jpg"
             try:
-                draw_boxes(pil, tc.box, item.boxes if has_gt else None, caption).save(target, quality=90)
+                draw_boxes(pil if args.box_frame == "image" else resized, tc.box, gt, caption).save(target, quality=90)
             except OSError as exc:  # the picture only: the result stands, the failure is listed
                 failures.append((f"{item.name} [{method}]", os_error_message(target, exc)))
     return rec, line

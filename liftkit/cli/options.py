@@ -150,7 +150,58 @@ PROTOCOLS = ("ours", "official")
 def add_protocol_arg(parser, help: str) -> None:
     """``--protocol ours|official``: our defaults, or the official LiFT pipeline where they deliberately differ
     (docs/reproducing.md lists each difference)."""
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="ours", help=f"default ours; official: {help}")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="ours",
+                        help=f"default ours; official: {help}; a flag given explicitly keeps its value (logged)")
+
+
+def official_methods(args) -> dict:
+    """What the official scripts evaluate: LiFT features alone when ``--lift_path`` is given, the backbone alone
+    otherwise (official default: no LiFT). Entries for :func:`apply_protocol`."""
+    if "lift_path" in getattr(args, "_given", set()) and lift_path_value(args.lift_path) is not None:
+        return {"methods": "lift"}
+    return {"lift_path": "none", "methods": "low"}
+
+
+def given_dests(parser: argparse.ArgumentParser, argv) -> set:
+    """The ``args`` entries the command line sets explicitly (aliases included), whatever their value: ``argv`` is
+    parsed again into a namespace pre-filled with a marker, which argparse's defaults never overwrite."""
+    marker = object()
+    dests = {a.dest for a in parser._actions if a.dest != argparse.SUPPRESS} | set(parser._defaults)
+    ns = argparse.Namespace(**{d: marker for d in dests})
+    parser.parse_known_args(argv, namespace=ns)
+    return {k for k, v in vars(ns).items() if v is not marker}
+
+
+def apply_protocol(args, official: dict, log=None) -> dict:
+    """Under ``--protocol official`` set every ``args`` entry of ``official`` (dest -> official value) that the
+    command line left alone; an explicit flag wins (a warning names it when it differs from the official value).
+    Returns the entries changed. ``args._given`` (set by the runner) holds the explicit entries."""
+    if getattr(args, "protocol", "ours") != "official":
+        return {}
+    given = getattr(args, "_given", set())
+    changed = {}
+    for dest, value in official.items():
+        if dest in given:
+            if getattr(args, dest, None) != value and log is not None:
+                log.warning(f"--protocol official: keeping the explicit {dest}={getattr(args, dest)!r} "
+                            f"(official: {value!r})")
+        elif getattr(args, dest, None) != value:
+            setattr(args, dest, value)
+            changed[dest] = value
+    if log is not None:
+        log.info("--protocol official: " + (", ".join(f"{k}={v!r}" for k, v in changed.items()) or "no change"))
+    return changed
+
+
+def with_protocol(args, official_settings, run):
+    """``args`` after :func:`apply_protocol` with ``official_settings(args)`` (a callable: it may read the explicit
+    flags), the run's recorded arguments updated; for the ``run_command`` bodies."""
+    if getattr(args, "protocol", "ours") == "official":
+        from liftkit.cli.runner import resolved_args
+
+        apply_protocol(args, official_settings(args), run.log)
+        run.info["args"] = resolved_args(args)
+    return args
 
 
 def add_runtime_args(parser, device_default: str = "auto", dtype: bool = True,
@@ -227,9 +278,26 @@ def make_extractor(args, plan: Sequence[Method] = (), use_lift: bool = True,
         jbu_sigma_spatial=getattr(args, "jbu_sigma_spatial", DEFAULT_SIGMA_SPATIAL),
         jbu_sigma_range=getattr(args, "jbu_sigma_range", DEFAULT_SIGMA_RANGE), lift_seed=getattr(args, "seed", 0) or 0,
     )
+    if getattr(args, "protocol", "ours") == "official":
+        _official_normalisation(ext, args.model_type)
     if plan:
         ext.require_lift(plan, instead)
     return ext
+
+
+def _official_normalisation(ext: ViTExtractor, model_type: str) -> None:
+    """The official scripts' mean/std (ImageNet's for ``dino*`` names, 0.5 otherwise) in the extractor's spec."""
+    from liftkit.data.transforms import official_normalisation
+
+    set_normalisation(ext, *official_normalisation(model_type))
+
+
+def set_normalisation(ext: ViTExtractor, mean, std) -> None:
+    """Make ``ext`` normalise its inputs with ``mean``/``std`` (``--protocol official``)."""
+    import dataclasses
+
+    if (tuple(ext.spec.mean), tuple(ext.spec.std)) != (tuple(mean), tuple(std)):
+        ext.model.spec = dataclasses.replace(ext.spec, mean=tuple(mean), std=tuple(std))
 
 
 def describe_extractor(ext: ViTExtractor) -> str:

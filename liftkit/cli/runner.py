@@ -159,6 +159,9 @@ def run_command(command: str, parser: argparse.ArgumentParser, argv, body: Body)
     """Parse ``argv``, set up logging, resolve ``--device``, log the provenance, run ``body`` and map its errors to
     the exit codes above. ``body`` returns None/0 or raises."""
     args = parser.parse_args(argv)
+    from liftkit.cli.options import given_dests
+
+    args._given = given_dests(parser, argv)  # the explicit flags (``--protocol official`` never overrides them)
     log = configure_logging(command, getattr(args, "log_level", "info"))
     try:
         check_output_flags(args)

@@ -60,8 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cka_scales", default="56,112,224,448", help="square input sizes for CKA")
     a.add_argument("--flops_json", default=None, help="eval_spair.py --output_json file: draw PCK@0.1 vs FLOPs")
     options.add_size_args(p, 224, ("short", "square"), imsize_square=True, help="short side of the maps' input (default 224)")
+    options.add_protocol_arg(p.add_argument_group("protocol"), "the official eval_visualize_feats.py: 224 x 224 "
+                             "inputs (--imsize 224), the official normalisation, LiFT 1..4 times (--lift_iter 4), the "
+                             "centre cell, at most 20 images (--limit 20), no CKA (--no_cka)")
     options.add_runtime_args(p)
     return p
+
+
+def official_settings(args) -> dict:
+    """``--protocol official``: the official eval_visualize_feats.py settings where ours differ."""
+    return {"load_size": 224, "resize_mode": "square", "lift_iter": 4, "limit": 20, "no_cka": True}
 
 
 def _parse_points(points: Optional[List[str]], image_wh) -> List[tuple]:
@@ -225,7 +233,8 @@ def save_cka_figure(path: Path, cka: Dict[str, Dict[str, Dict[str, float]]]) -> 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_command(COMMAND, build_parser(), argv, _run)
+    return run_command(COMMAND, build_parser(), argv,
+                       lambda args, run: _run(options.with_protocol(args, official_settings, run), run))
 
 
 def _run(args, run: Run) -> None:

@@ -11,7 +11,7 @@ ground-truth box of that image.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +38,20 @@ def box_iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
     area_b = (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
     union = area_a + area_b - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def boxes_to_input_frame(boxes: np.ndarray, image_hw: Tuple[int, int], input_hw: Tuple[int, int]) -> np.ndarray:
+    """Ground-truth boxes moved to the resized network input as LOST / TokenCut (and the official LiFT
+    eval_obj_disc.py) do with a fixed input size: scaled by (W'/W, H'/H), then truncated to integers.
+
+    Args:
+        boxes: (N, 4) ``(x1, y1, x2, y2)`` in the image; image_hw: (H, W); input_hw: (H', W').
+    Returns:
+        (N, 4) float64 in the input frame.
+    """
+    (h, w), (th, tw) = image_hw, input_hw
+    scaled = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([tw / w, th / h, tw / w, th / h])
+    return scaled.astype(np.int32).astype(np.float64)
 
 
 def best_iou(box: Sequence[float], gt_boxes: np.ndarray) -> float:

@@ -50,6 +50,9 @@ class PropagationConfig:
         max_chunk_elements: bound on the affinity block computed at once (context frames x target cells x source
             cells); only memory and speed depend on it.
         tile: side, in cells, of the target tiles processed together (speed only).
+        label_upsample: None: the soft labels are upsampled to the network-input frame size before the argmax
+            (ours); an integer s: upsampled by the factor s whatever the grid (the official DINO / LiFT code, with s =
+            the patch size: on a LiFT 2x grid the argmax is taken at twice the frame size, then resized to the output).
     """
 
     n_last_frames: int = 7
@@ -59,6 +62,7 @@ class PropagationConfig:
     temperature: float = 0.1
     max_chunk_elements: int = 1 << 24
     tile: int = 16
+    label_upsample: Optional[int] = None
 
     def __post_init__(self):
         if self.n_last_frames < 0:
@@ -73,6 +77,8 @@ class PropagationConfig:
             raise ValueError("temperature must be > 0")
         if self.tile < 1:
             raise ValueError("tile must be >= 1")
+        if self.label_upsample is not None and self.label_upsample < 1:
+            raise ValueError("label_upsample must be >= 1 (or None)")
 
     @property
     def radius(self) -> Optional[int]:
@@ -209,7 +215,8 @@ def norm_mask(soft: torch.Tensor) -> torch.Tensor:
 
 
 def soft_to_labels(
-    soft: torch.Tensor, frame_hw: Tuple[int, int], output_hw: Optional[Tuple[int, int]] = None
+    soft: torch.Tensor, frame_hw: Tuple[int, int], output_hw: Optional[Tuple[int, int]] = None,
+    scale_factor: Optional[int] = None,
 ) -> np.ndarray:
     """Soft labels on the grid -> label map.
 
@@ -217,10 +224,15 @@ def soft_to_labels(
         soft: (L, h, w) soft labels.
         frame_hw: (H, W) network-input frame size; the soft labels are upsampled bilinearly to it.
         output_hw: (H0, W0) size of the returned map (nearest-neighbour resize, as DINO); default ``frame_hw``.
+        scale_factor: upsample by this factor instead of to ``frame_hw`` (the official code: the patch size).
     Returns:
         (H0, W0) uint8 label ids.
     """
-    up = F.interpolate(soft[None].float(), size=tuple(frame_hw), mode="bilinear", align_corners=False)[0]
+    if scale_factor is not None:  # exactly the official call
+        up = F.interpolate(soft[None].float(), scale_factor=scale_factor, mode="bilinear", align_corners=False,
+                           recompute_scale_factor=False)[0]
+    else:
+        up = F.interpolate(soft[None].float(), size=tuple(frame_hw), mode="bilinear", align_corners=False)[0]
     labels = norm_mask(up).argmax(dim=0).to(torch.uint8).cpu().numpy()
     if output_hw is not None and tuple(output_hw) != labels.shape:
         labels = np.array(Image.fromarray(labels).resize((output_hw[1], output_hw[0]), Image.NEAREST))
@@ -289,7 +301,7 @@ def iter_propagate_labels(
             recent.append((feat, soft))
             if len(recent) > config.n_last_frames:
                 recent.pop(0)
-        yield soft_to_labels(soft, frame_hw, output_hw)
+        yield soft_to_labels(soft, frame_hw, output_hw, config.label_upsample)
 
 
 def propagate_labels(
