@@ -1,5 +1,6 @@
-"""The shipped LiFT: its metadata pins the offline backbone, and on real held-out images it reconstructs the
-backbone's features of the 2x input better than bilinear upsampling does."""
+"""The shipped LiFT: its metadata pins the offline backbone and its recipe, and on real held-out images it reconstructs
+the discriminative (centred) part of the backbone's features of the 2x input better than bilinear upsampling, and
+matches points under a known warp better than bilinear at every threshold."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 import lift_extractor
 from liftkit.data.image_io import load_image
+from liftkit.eval import warp_probe as wp
 from liftkit.io.feature_files import load_features
 from liftkit.lift.checkpoint import load_lift
 from liftkit.train.data import make_pyramid, screen_images, split_train_val
@@ -27,6 +29,7 @@ def test_shipped_file_and_metadata(imgfocus):
     assert meta.residual is True and lift.residual is True
     args = meta.train_config["args"]
     assert args["loss"] == "cosine_raw_centered" and args["imsize"] == 448 and args["seed"] == 0
+    assert args["match_weight"] == 0.1 and args["cache_views"] == 3  # the correspondence term, augmented targets
     assert len(meta.train_config["target_mean"]["full"]) == 384
 
 
@@ -60,9 +63,35 @@ def test_shipped_lift_beats_bilinear_on_held_out_images(imgfocus, shared_data):
     images = [ASSETS / "astronaut.jpg", ASSETS / "coffee.jpg"] + val[:3]
     for path in images:
         raw, cen = _scores(imgfocus, lift, mean_full, load_image(path))
-        # measured at release: centred +0.021..+0.041, raw +0.0016..+0.0060 (pretrained/README.md)
+        # measured at release: centred +0.019..+0.041; raw -0.0062..-0.0003 (the correspondence term trades a
+        # little of the shared component, which raw cosine rewards, for discriminative detail; pretrained/README.md)
         assert cen["lift"] > cen["bilinear"] + 0.015, (path.name, cen)
-        assert raw["lift"] > raw["bilinear"] + 0.001, (path.name, raw)
+        assert raw["lift"] > raw["bilinear"] - 0.01, (path.name, raw)
+
+
+def test_shipped_lift_matches_better_than_bilinear_on_held_out_images(imgfocus, shared_data):
+    """The warp probe of eval_upsampler on the same five held-out images (one seeded warp each, 720 points)."""
+    lift, meta = load_lift(SHIPPED)
+    usable, _ = screen_images(sorted((shared_data / "imagenet-sample-images").iterdir()), 14)
+    _, val = split_train_val(usable, meta.train_config["args"]["val_fraction"], meta.train_config["args"]["seed"])
+    acc = {"lift": wp.WarpPCK(), "bilinear": wp.WarpPCK()}
+    with torch.no_grad():
+        for i, path in enumerate([ASSETS / "astronaut.jpg", ASSETS / "coffee.jpg"] + val[:3]):
+            img = load_image(path)
+            rng = wp.pair_rng(0, i)
+            src, trg = wp.random_pair(img.size[0], img.size[1], 224, rng, 0.5)
+            rows = []
+            for view in (src, trg):
+                x = imgfocus.preprocess(view.render(img), size=(224, 224))
+                low = imgfocus.extract_descriptors(x)
+                rows.append({"lift": lift(low, x)[0],
+                             "bilinear": F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False)[0]})
+            wp.score_pair(rows[0], rows[1], src, trg, 12, acc, "cell", rng)
+    ours, bil = acc["lift"].summary()["all"], acc["bilinear"].summary()["all"]
+    assert ours["points"] == bil["points"] == 720
+    # measured at release: PCK@.01-.1 7.2/20.3/30.3/46.9/65.3 vs 3.5/14.0/25.7/42.1/59.9, median error 0.054 vs 0.066
+    assert all(ours["pck"][a] > bil["pck"][a] for a in ours["pck"]), (ours["pck"], bil["pck"])
+    assert ours["median_error"] < 0.9 * bil["median_error"], (ours["median_error"], bil["median_error"])
 
 
 def test_default_command_uses_the_shipped_lift(tmp_path):
