@@ -12,11 +12,12 @@ dependencies = ["torch", "timm", "safetensors", "PIL", "numpy", "onnx", "img_foc
 
 
 def lift(model_type: str = "dinov2_vits14_imgfocus", path: str = None, pretrained: bool = True,
-         device: str = "cpu"):
+         device: str = "cpu", facet: str = "key"):
     """The LiFT module alone, in eval mode.
 
     Args:
-        model_type: the backbone whose shipped LiFT to load (``lift_<model_type>.safetensors``).
+        model_type: the backbone whose shipped LiFT to load (``lift_<model_type>.safetensors``; with ``facet``,
+            ``lift_<model_type>_<facet>.safetensors`` first).
         path: a LiFT file instead (ours, or an official ``lift_<backbone>.pth``).
         pretrained: False gives a randomly initialised LiFT of the official architecture for ``model_type``.
     """
@@ -29,7 +30,7 @@ def lift(model_type: str = "dinov2_vits14_imgfocus", path: str = None, pretraine
     if path is None and not pretrained:
         spec = get_spec(model_type)
         return LiFT(spec.embed_dim, spec.patch_size).to(device).eval()
-    path = path or shipped_lift_path(model_type)
+    path = path or shipped_lift_path(model_type, facet=facet)
     if path is None:
         raise ConfigError(f"no LiFT is shipped for {model_type}; pass path=<LiFT file> or pretrained=False")
     module, _ = load_lift(path)

@@ -130,7 +130,7 @@ class ViTExtractor:
         if isinstance(lift_path, str) and lift_path.lower() == "none":
             lift_path = None
         if lift_path == "auto":
-            lift_path = shipped_lift_path(model_type, pretrained_dir)
+            lift_path = shipped_lift_path(model_type, pretrained_dir, facet)
         if isinstance(lift_path, str) and lift_path.lower() == "random":
             self.set_random_lift(lift_seed)
         elif lift_path is not None:

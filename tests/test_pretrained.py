@@ -100,3 +100,23 @@ def test_default_command_uses_the_shipped_lift(tmp_path):
     feats, meta = load_features(tmp_path / "sample.pt")
     assert feats.shape == (384, 32, 48) and meta["method"] == "lift"
     assert meta["lift_path"] == str(SHIPPED) and len(meta["lift_sha256"]) == 64
+
+
+def test_auto_finds_the_facet_file_first(tmp_path, imgfocus):
+    """``lift_path="auto"``: ``lift_<model>_<facet>.safetensors`` for a facet other than key, else the key file (which is
+    then refused for that facet in one line)."""
+    from extractor import ViTExtractor
+    from liftkit.errors import IncompatibleLiftError
+    from liftkit.lift.checkpoint import LiftMeta, save_lift
+    from liftkit.lift.model import LiFT
+
+    torch.manual_seed(0)
+    meta = LiftMeta("dinov2_vits14_imgfocus", imgfocus.info.weights_sha256, 11, "token", "dim_major", 14, 384,
+                    imgfocus.spec.mean, imgfocus.spec.std, {"note": "random, for tests"}, head="residual")
+    token_file = save_lift(tmp_path / "lift_dinov2_vits14_imgfocus_token.safetensors", LiFT(384, 14, head="residual"),
+                           meta)
+    ext = ViTExtractor(facet="token", pretrained_dir=tmp_path)
+    assert ext.lift_path == token_file and ext.lift_meta.facet == "token"
+    assert ViTExtractor(facet="key", pretrained_dir=tmp_path).lift_path == SHIPPED
+    with pytest.raises(IncompatibleLiftError, match="facet 'key' but is applied to 'value'"):
+        ViTExtractor(facet="value", pretrained_dir=tmp_path)
