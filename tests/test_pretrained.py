@@ -120,3 +120,16 @@ def test_auto_finds_the_facet_file_first(tmp_path, imgfocus):
     assert ViTExtractor(facet="key", pretrained_dir=tmp_path).lift_path == SHIPPED
     with pytest.raises(IncompatibleLiftError, match="facet 'key' but is applied to 'value'"):
         ViTExtractor(facet="value", pretrained_dir=tmp_path)
+
+
+def test_shipped_token_lift_metadata_and_auto(imgfocus):
+    """The token-facet LiFT (lift_<model>_token.safetensors) is what lift_path="auto" gives for --facet token."""
+    from extractor import ViTExtractor
+
+    path = SHIPPED.with_name("lift_dinov2_vits14_imgfocus_token.safetensors")
+    lift, meta = load_lift(path)
+    assert (meta.backbone, meta.layer, meta.facet, meta.channels, meta.head) == (
+        "dinov2_vits14_imgfocus", 11, "token", 384, "residual")
+    assert meta.backbone_weights_sha256 == imgfocus.info.weights_sha256
+    assert meta.train_config["args"]["match_weight"] == 0.1 and meta.train_config["epochs_done"] == 3
+    assert ViTExtractor(facet="token", offline=True).lift_path == path
