@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,18 @@ ASSETS = ROOT / "assets"
 os.environ.setdefault("TORCH_HOME", os.environ.get("LIFTKIT_TEST_TORCH_HOME", str(ROOT / ".cache" / "torch")))
 os.environ["LIFTKIT_OFFLINE"] = "1"  # tests never touch the network
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def run_script(script: str, args, nproc: int = 1, timeout: float = 240, **popen):
+    """Run a top-level script (``lift_extractor.py``, ...) in a subprocess, alone or under ``torchrun`` with
+    ``nproc`` processes, one thread each; ``subprocess.run`` result (text), or a ``Popen`` when ``popen`` kwargs are
+    given (pipes, bytes)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [sys.executable, *launcher, str(ROOT / script), *args]
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def tiny_vit(patch_size: int = 16, embed_dim: int = 48, num_heads: int = 4, depth: int = 2, img_size: int = 64,
@@ -44,6 +58,16 @@ def tiny_vit(patch_size: int = 16, embed_dim: int = 48, num_heads: int = 4, dept
         vit.pos_embed.normal_(0, 0.5)
         vit.cls_token.normal_(0, 0.5)
     return DenseViT(spec, vit).eval()
+
+
+@pytest.fixture
+def caches(tmp_path, monkeypatch):
+    """Empty, isolated weight caches (TORCH_HOME, HF_HUB_CACHE, a pretrained/ folder), offline."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("LIFTKIT_OFFLINE", "1")
+    (tmp_path / "pretrained").mkdir()
+    return tmp_path
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 import lift_extractor
 from liftkit.io.feature_files import load_features
 from liftkit.io.feature_store import FeatureStore
-from tests.conftest import ROOT, SHARED_DATA, require_shared_data
+from tests.conftest import ROOT, SHARED_DATA, require_shared_data, run_script
 
 SAMPLES = SHARED_DATA / "imagenet-sample-images"
 MODEL = ["--model_type", "timm:vit_tiny_patch16_224", "--random_init", "--no_lift", "--device", "cpu", "--quiet"]
@@ -35,16 +33,7 @@ def _folder(tmp_path: Path, n: int, start: int = 300, bad: bool = False) -> Path
 
 
 def _cli(args, nproc: int, timeout: float = 240, **popen):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    if nproc == 1:
-        cmd = [sys.executable, str(ROOT / "lift_extractor.py")]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               str(ROOT / "lift_extractor.py")]
-    if popen:
-        return subprocess.Popen(cmd + args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                **popen)
-    return subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_script("lift_extractor.py", args, nproc, timeout, **popen)
 
 
 def _children(pid: int):
@@ -210,10 +199,7 @@ def test_sharded_eval_tokencut_gives_the_one_process_json(tmp_path, one_thread):
     assert eval_tokencut.main(args) == 1  # the broken file fails
     one = json.loads(out.read_text())
     out.unlink()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(ROOT / "eval_tokencut.py")] + args, cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=240)
+    r = run_script("eval_tokencut.py", args, nproc=2)
     n_fail = len(one["failures"])
     assert r.returncode == 1 and r.stderr.count(f"error: {n_fail} failure(s)") == 1, r.stderr[-3000:]
     two = json.loads(out.read_text())
@@ -242,10 +228,7 @@ def test_sharded_eval_spair_gives_the_one_process_json(tmp_path, one_thread):
     assert eval_spair.main(args) == 0
     one = json.loads(out.read_text())
     out.unlink()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(ROOT / "eval_spair.py")] + args, cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=240)
+    r = run_script("eval_spair.py", args, nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads(out.read_text())
     assert one["dataset"]["evaluated_pairs"] >= 3 and len(one["dataset"]["categories"]) == 2
@@ -265,10 +248,7 @@ def test_sharded_eval_davis_gives_the_one_process_json(tmp_path, one_thread):
     assert eval_davis.main(args) == 0
     (tmp_path / "res.json").rename(tmp_path / "one.json")
     masks_one = _files(tmp_path / "masks", "png")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(ROOT / "eval_davis.py")] + args + ["--overwrite"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=240)
+    r = run_script("eval_davis.py", args + ["--overwrite"], nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _files(tmp_path / "masks", "png") == masks_one and len(masks_one) == 2 * 2 * 3
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "res.json"))

@@ -22,6 +22,22 @@ def _meta(**kw) -> LiftMeta:
     return LiftMeta(**base)
 
 
+def _header(path) -> dict:
+    """The safetensors metadata of a LiFT file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata())
+
+
+def _rewrite(path, out, **changes):
+    """A copy of the LiFT file ``path`` at ``out`` with ``changes`` to its header (same weights)."""
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(path)), str(out), metadata={**_header(path), **changes})
+    return out
+
+
 def _box_then_repeat(f: torch.Tensor, k: int) -> torch.Tensor:
     r = k // 2
     box = F.avg_pool2d(F.pad(f, (r, r, r, r), mode="replicate"), k, stride=1)
@@ -102,18 +118,11 @@ def test_attend_file_round_trips_and_unknown_head_is_refused(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(f, img), lift(f, img))
     # a file whose header names a head this version does not know: refused, head named
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(str(path), framework="pt") as fh:
-        header = dict(fh.metadata())
-    header["head"] = "transformer"
-    save_file(load_file(str(path)), str(tmp_path / "future.safetensors"), metadata=header)
+    _rewrite(path, tmp_path / "future.safetensors", head="transformer")
     with pytest.raises(CheckpointError, match="head 'transformer'"):
         load_lift(tmp_path / "future.safetensors")
     # a header whose kernel does not match the weights: a strict-load error naming the file
-    header.update(head="attend", head_kernel="3")
-    save_file(load_file(str(path)), str(tmp_path / "k3.safetensors"), metadata=header)
+    _rewrite(path, tmp_path / "k3.safetensors", head="attend", head_kernel="3")
     with pytest.raises(CheckpointError, match="k3.safetensors"):
         load_lift(tmp_path / "k3.safetensors")
 
@@ -121,10 +130,7 @@ def test_attend_file_round_trips_and_unknown_head_is_refused(tmp_path):
 def test_legacy_residual_files_read_as_residual_head(tmp_path):
     lift = LiFT(32, 14, residual=True)
     path = save_lift(tmp_path / "r.safetensors", lift, _meta(residual=True))
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        header = dict(fh.metadata())
+    header = _header(path)
     assert header["head"] == "residual" and json.loads(header["residual"]) is True
     _, meta = load_lift(path)
     assert meta.head == "residual" and meta.residual
@@ -189,13 +195,7 @@ def test_random_lift_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_unknown_arch_in_a_file_is_refused(tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     path = save_lift(tmp_path / "a.safetensors", LiFT(32, 14), _meta())
-    with safe_open(str(path), framework="pt") as fh:
-        header = dict(fh.metadata())
-    header["arch"] = "lift_v9"
-    save_file(load_file(str(path)), str(tmp_path / "v9.safetensors"), metadata=header)
+    _rewrite(path, tmp_path / "v9.safetensors", arch="lift_v9")
     with pytest.raises(CheckpointError, match="arch 'lift_v9'"):
         load_lift(tmp_path / "v9.safetensors")

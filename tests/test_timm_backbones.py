@@ -15,16 +15,6 @@ from liftkit.weights.resolve import candidate_paths, resolve_weights
 TINY = dict(embed_dim=48, depth=2, num_heads=4)
 
 
-@pytest.fixture
-def caches(tmp_path, monkeypatch):
-    """Empty, isolated weight caches."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("LIFTKIT_OFFLINE", "1")
-    (tmp_path / "pretrained").mkdir()
-    return tmp_path
-
-
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_table_matches_timm_architecture(name):
     """Every named backbone's p, C, depth, heads and prefix tokens are those of its timm architecture."""

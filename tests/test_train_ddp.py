@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,9 +19,8 @@ from torch import nn
 from liftkit.lift.checkpoint import load_lift
 from liftkit.lift.model import LiFT
 from liftkit.train.distributed import CrossRankBatchNorm2d, convert_batchnorm
-from tests.conftest import SHARED_DATA, require_shared_data
+from tests.conftest import SHARED_DATA, require_shared_data, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = SHARED_DATA / "imagenet-sample-images"
 
 
@@ -71,14 +68,7 @@ def test_cross_rank_batchnorm_equals_batchnorm_on_the_global_batch(tmp_path):
 
 
 def _train(args, out: Path, nproc: int):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    if nproc == 1:
-        cmd = [sys.executable, str(ROOT / "train_lift.py")]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               str(ROOT / "train_lift.py")]
-    r = subprocess.run(cmd + args + ["--output_dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=240)
+    r = run_script("train_lift.py", args + ["--output_dir", str(out)], nproc)
     assert r.returncode == 0, r.stderr[-3000:]
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     lift, meta = load_lift(out / "lift_dino_vits16.safetensors")

@@ -13,16 +13,6 @@ from liftkit.weights.convert import read_weights_file, state_dict_digest
 from liftkit.weights.resolve import candidate_paths, resolve_weights
 
 
-@pytest.fixture
-def caches(tmp_path, monkeypatch):
-    """Empty, isolated weight caches."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("LIFTKIT_OFFLINE", "1")
-    (tmp_path / "pretrained").mkdir()
-    return tmp_path
-
-
 def _touch(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x")
