@@ -31,7 +31,6 @@ from extractor import ViTExtractor  # noqa: E402
 from liftkit.data.image_io import load_image  # noqa: E402
 from liftkit.eval import warp_probe as wp  # noqa: E402
 from liftkit.eval.upsamplers import parse_lift_paths  # noqa: E402
-from liftkit.lift.checkpoint import load_lift  # noqa: E402
 from liftkit.methods import Method  # noqa: E402
 from liftkit.train.data import find_images, screen_images, split_train_val  # noqa: E402
 
@@ -57,34 +56,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     ext = ViTExtractor(args.model_type, facet=args.facet, lift_path=None, offline=True)
     lifts = {}
     for label, path in parse_lift_paths(args.lift_paths):
-        lift, meta = load_lift(Path(path))
-        ext.load_lift(Path(path))  # the compatibility checks of the extractor (backbone, layer, facet)
-        lifts[label] = lift
+        ext.load_lift(Path(path))  # loaded once, with the extractor's checks (backbone, weights, layer, facet)
+        lifts[label] = ext.lift
     usable, _ = screen_images(find_images(Path(args.data_root)), ext.patch_size)
     _, val = split_train_val(usable, args.val_fraction, args.seed)
-    size, acc, t0 = args.load_size, {}, time.time()
+    size, t0 = args.load_size, time.time()
+
+    def features(view) -> dict:
+        x = ext.preprocess(view, size=(size, size))
+        fe = ext.features(x, [Method.parse("low"), Method.parse("highres")])
+        low = fe["low"]
+        bil = F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False)
+        out = {"bilinear": bil[0], "highres": fe["highres"][0]}
+        for label, lift in lifts.items():
+            o = lift(low, x)
+            out[label] = o[0]
+            if lift.head == "residual":
+                out[label + "_half"] = (bil + 0.5 * (o - bil))[0]
+        return out
+
+    labels = ["bilinear", "highres"] + [k for lab, lift in lifts.items()
+                                        for k in ([lab, lab + "_half"] if lift.head == "residual" else [lab])]
+    acc = {k: wp.WarpPCK() for k in labels}
     with torch.no_grad():
         for i, path in enumerate(val):
             img = load_image(path)
             for r in range(args.warps):
-                rng = np.random.default_rng([7, i, r])
-                src, trg = wp.random_pair(img.size[0], img.size[1], size, rng, 0.5)
-                rows = []
-                for view in (src, trg):
-                    x = ext.preprocess(view.render(img), size=(size, size))
-                    fe = ext.features(x, [Method.parse("low"), Method.parse("highres")])
-                    low = fe["low"]
-                    bil = F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False)
-                    out = {"bilinear": bil[0], "highres": fe["highres"][0]}
-                    for label, lift in lifts.items():
-                        o = lift(low, x)
-                        out[label] = o[0]
-                        if lift.head == "residual":
-                            out[label + "_half"] = (bil + 0.5 * (o - bil))[0]
-                    rows.append(out)
-                for k in rows[0]:
-                    acc.setdefault(k, wp.WarpPCK())
-                wp.score_pair(rows[0], rows[1], src, trg, args.grid, acc, "cell", rng)
+                wp.probe_image(img, size, np.random.default_rng([7, i, r]), features, args.grid, acc)
     n = acc["bilinear"].summary()["all"]["points"]
     print(f"{len(val)} validation images x {args.warps} warps = {n:,} points ({time.time() - t0:.0f} s); "
           f"PCK % at {', '.join(str(a) for a in wp.DEFAULT_ALPHAS)}")

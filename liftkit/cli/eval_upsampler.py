@@ -235,11 +235,8 @@ def run_corr(ext, rows, paths, args, alphas, log) -> tuple:
     grids, size = {}, args.load_size
     for k, path in enumerate(paths):
         img = load_image(path, min_side=ext.patch_size)
-        rng = wp.pair_rng(args.seed, k)
-        src, trg = wp.random_pair(img.size[0], img.size[1], size, rng, args.min_scale)
-        fs, ft = (row_features(ext, ext.preprocess(v.render(img), size=(size, size)), rows) for v in (src, trg))
-        wp.score_pair({m: f[0] for m, f in fs.items()}, {m: f[0] for m, f in ft.items()}, src, trg, args.grid, acc,
-                      args.match, rng)
+        fs = wp.probe_image(img, size, wp.pair_rng(args.seed, k), lambda view: {m: f[0] for m, f in row_features(
+            ext, ext.preprocess(view, size=(size, size)), rows).items()}, args.grid, acc, args.match, args.min_scale)
         grids = {m: "x".join(str(s) for s in f.shape[-2:]) for m, f in fs.items()}
         _progress(log, args, "corr", k, len(paths))
     return {"images": len(paths), "imsize": size, "grid": args.grid, "match": args.match,

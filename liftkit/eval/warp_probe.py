@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -219,6 +219,18 @@ def score_pair(feats_src: Dict[str, torch.Tensor], feats_trg: Dict[str, torch.Te
     for label, f_src in feats_src.items():
         pred = match_points(f_src, feats_trg[label], src_pts, src_hw, trg_hw, mode)
         acc[label].add(pred, gt, max(trg.out_wh), trg.flip)
+
+
+def probe_image(image: Image.Image, size: int, rng: np.random.Generator,
+                features: Callable[[Image.Image], Dict[str, torch.Tensor]], grid: int, acc: Dict[str, WarpPCK],
+                mode: str = "cell", min_scale: float = 0.5) -> Dict[str, torch.Tensor]:
+    """One image of the probe: draw its (source, target) pair from ``rng``, render both at ``size`` x ``size``, get
+    every method's features of each (``features``: rendered view -> label -> (C, h, w)) and add the errors to
+    ``acc``. Returns the source view's features (e.g. for their grid sizes)."""
+    src, trg = random_pair(image.size[0], image.size[1], size, rng, min_scale)
+    fs, ft = features(src.render(image)), features(trg.render(image))
+    score_pair(fs, ft, src, trg, grid, acc, mode, rng)
+    return fs
 
 
 def pair_rng(seed: int, index: int) -> np.random.Generator:
