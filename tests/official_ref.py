@@ -4,7 +4,7 @@
   modules that an official file of the same name would shadow (``extractor``, ``lift_extractor``, ``eval_spair``,
   ``eval_davis``, DINO's ``utils``...), and on exit removes the folders and every module imported from the reference
   tree and restores ours: a later ``import eval_davis`` gets ours, never the official script.
-* :func:`cpu_offline` makes the official scripts run here: ``.cuda()`` returns the CPU object, and
+* :func:`cpu_offline` makes the official scripts run here: their GPU transfer calls return the CPU object, and
   ``torch.hub.load('facebookresearch/dino:main', name)`` builds DINO from ../shared/reference/dino with a weights file
   the test made (DINO's weights do not exist offline).
 * :func:`random_official_weights`: DINO ViT-S/16 in DINO's own format and an official-layout LiFT with non-trivial
@@ -74,7 +74,8 @@ def load_module(name: str, path: Path):
 
 @contextlib.contextmanager
 def cpu_offline(dino_weights: Path):
-    """``.cuda()`` is the identity and torch.hub's DINO is built locally with ``dino_weights`` (DINO's format)."""
+    """The official scripts' GPU transfers are the identity (CPU only) and torch.hub's DINO is built locally with
+    ``dino_weights`` (DINO's format)."""
 
     real_load = torch.hub.load
 

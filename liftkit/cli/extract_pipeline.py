@@ -23,7 +23,6 @@ from liftkit.cli import options
 from liftkit.data.loader import ImageFiles, image_loader
 from liftkit.errors import LiftKitError, first_line
 from liftkit.methods import Method
-from liftkit.data.transforms import official_normalisation
 from liftkit.io.feature_files import save_features
 from liftkit.io.feature_store import ShardWriter
 from liftkit.io.outputs import atomic_write, check_output_file
@@ -166,9 +165,8 @@ def extract_shard(ext, jobs: List[Job], args, plan: List[str], out_name: str, ba
             todo.append(j)
     save_dtype = SAVE_DTYPES[args.save_dtype]
     cuda = torch.device(ext.device).type == "cuda"
-    official = getattr(args, "protocol", "ours") == "official"
-    mean, std = official_normalisation(args.model_type) if official else (ext.spec.mean, ext.spec.std)
-    ds = ImageFiles([j.path for j in todo], ext.patch_size, mean, std, args.load_size or None,
+    official = getattr(args, "protocol", "ours") == "official"  # ext.spec holds the official mean/std then
+    ds = ImageFiles([j.path for j in todo], ext.patch_size, ext.spec.mean, ext.spec.std, args.load_size or None,
                     args.resize_mode, args.max_pixels, args.max_tokens, keep_image=args.save_vis, official=official)
     loader = image_loader(ds, args.num_workers, pin_memory=cuda)
 

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "by the flags above with seeds fixed by --seed (default 1 = un-augmented cache)")
     d.add_argument("--cache_dir", default=_d("cache_dir"),
                    help="cache the frozen backbone's targets here (fp16, keyed by backbone/layer/facet/S/data); "
-                        "epochs after the first skip the backbone. Not with augmentation")
+                        "epochs after the first skip the backbone. With augmentation only with --cache_views N >= 2")
     d.add_argument("--num_workers", type=int, default=_d("num_workers"),
                    help=f"image-decoding worker processes (default {_d('num_workers')})")
     options.add_size_args(p, _d("imsize"), RESIZE_POLICIES, f"training size S; S/4 must be a multiple of the "

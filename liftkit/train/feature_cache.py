@@ -8,7 +8,8 @@ image). About 1.4 MB per image for a ViT-S/14 at S = 448.
 
 **Keying**: the folder name ends in a digest of everything the content depends on: the cache format, backbone
 name, backbone weights digest, layer, facet, channel order, mean/std, S, the resize policy, the downsampling mode and
-the listing (every path with its size and first 4 KiB, not its mtime). Any change gives another folder, so a stale cache is never read.
+the listing (every path with its size and first 4 KiB, not its mtime). Any change gives another folder, so a stale
+cache is never read.
 ``key.json`` in the folder holds the fields and is checked again on open.
 
 **Building** is chunked (fixed index ranges of ``chunk`` images, so the same images are always batched together

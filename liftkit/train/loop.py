@@ -301,7 +301,7 @@ class Trainer:
             n_min = int(all_reduce_(torch.tensor([n_local]), ctx, "min")[0]) if ctx.enabled else n_local
             stats = torch.zeros(5, dtype=torch.float64)
             if n_min > 0:
-                match = cfg.match_weight and matching.add_views(targets, self.ext, cfg, step, ctx.rank, self.autocast)
+                match = matching.add_views(targets, self.ext, cfg, step, ctx.rank, self.autocast)  # None: off
                 with self.autocast():
                     loss, parts = pair_losses(model, targets, cfg.loss, self.centers, match)
                 opt.zero_grad(set_to_none=True)

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 
@@ -56,17 +55,21 @@ def render_warps(images: torch.Tensor, theta: torch.Tensor, mean: torch.Tensor, 
     colour-jittered (brightness, contrast, saturation per image, in pixel space), renormalised; same shape."""
     grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    m, s = mean.view(1, 3, 1, 1).to(images), std.view(1, 3, 1, 1).to(images)
-    px = out * s + m
     if jitter == 0:
         return out
+    m, s = mean.view(1, 3, 1, 1).to(images), std.view(1, 3, 1, 1).to(images)
     b, c, sat = (1 + jitter * (2 * torch.rand(3, images.shape[0], generator=gen) - 1)).to(images).view(3, -1, 1, 1, 1)
-    px = px * b
-    grey = (0.299 * px[:, :1] + 0.587 * px[:, 1:2] + 0.114 * px[:, 2:3])
-    px = (px - grey.mean(dim=(2, 3), keepdim=True)) * c + grey.mean(dim=(2, 3), keepdim=True)
-    grey = (0.299 * px[:, :1] + 0.587 * px[:, 1:2] + 0.114 * px[:, 2:3])
-    px = ((px - grey) * sat + grey).clamp(0, 1)
+    px = (out * s + m) * b
+    mean_grey = _grey(px).mean(dim=(2, 3), keepdim=True)
+    px = (px - mean_grey) * c + mean_grey
+    g = _grey(px)
+    px = ((px - g) * sat + g).clamp(0, 1)
     return (px - m) / s
+
+
+def _grey(px: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) luma (ITU-R 601 weights)."""
+    return 0.299 * px[:, :1] + 0.587 * px[:, 1:2] + 0.114 * px[:, 2:3]
 
 
 def query_points(theta: torch.Tensor, grid: int, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -109,14 +112,16 @@ def matching_loss(src_feats: torch.Tensor, trg_feats: torch.Tensor, theta: torch
 
 
 def add_views(targets: Dict[str, torch.Tensor], ext, cfg, step: int, rank: int,
-              autocast: Callable = contextlib.nullcontext) -> Dict[str, object]:
-    """Add one training step's warped views to ``targets``: ``warp_theta`` (B, 2, 3), ``img_warp`` (B, 3, S/2, S/2)
+              autocast: Callable = contextlib.nullcontext) -> Optional[Dict[str, object]]:
+    """None when the term is off (``cfg.match_weight`` 0). Otherwise add one training step's warped views to ``targets``: ``warp_theta`` (B, 2, 3), ``img_warp`` (B, 3, S/2, S/2)
     and the frozen backbone's ``feat_warp`` (B, C, S/2p, S/2p); return the settings :func:`pair_losses
     <liftkit.train.objective.pair_losses>` takes. The warps depend on (``cfg.seed``, ``step``, ``rank``) only, so a
     resumed run draws the same ones.
 
     ``ext``: the frozen extractor (``extract_descriptors``, ``spec.mean``/``std``); ``cfg``: a TrainConfig.
     """
+    if not cfg.match_weight > 0:
+        return None
     seed = int(np.random.default_rng([cfg.seed, step, rank, 5]).integers(0, 2**62))
     gen = torch.Generator().manual_seed(seed)
     img = targets["img_half"]
